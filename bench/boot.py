@@ -1,0 +1,71 @@
+"""Time from ``vm create`` to agent-ready, per stage; prints one JSON line.
+
+Runs in a Somnus home of its own (the image cache is shared) and deletes its VM.
+Usage: python -m bench.boot [--memory MiB] [--vcpus N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from guest_agent.protocol import Subsystem
+from images.builder import build_image
+from orchestrator.config import Settings
+from orchestrator.vms import VMService
+
+
+def guest_blame(service: VMService, name: str) -> dict[str, object]:
+    """What dominated the guest's boot, from the guest's own tools."""
+    analyze = service.run(name, "systemd-analyze 2>/dev/null | head -1").stdout.strip()
+    blame = service.run(name, "systemd-analyze blame 2>/dev/null | head -5").stdout
+    ci = service.run(name, "cloud-init analyze blame 2>/dev/null | sed -n '2,6p'").stdout
+    return {
+        "systemd_analyze": analyze,
+        "systemd_blame_top5": [" ".join(line.split()) for line in blame.splitlines()],
+        "cloud_init_blame_top5": [" ".join(line.split()) for line in ci.splitlines()],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--memory", type=int, default=1024)
+    parser.add_argument("--vcpus", type=int, default=2)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="somnus-bench-", dir="/var/tmp"))
+    home.chmod(0o755)
+    os.environ.update(SOMNUS_HOME=str(home), SOMNUS_DOMAIN_PREFIX=f"somnus-b{os.getpid()}-",
+                      SOMNUS_PORT_RANGE_START="45000", SOMNUS_PORT_RANGE_END="45999")
+    settings = Settings()
+    build_image(settings, progress=lambda m: print(m, file=sys.stderr))
+    service = VMService(settings)
+    started = time.monotonic()
+    try:
+        record, stages = service.create("bench", Subsystem.CHAT, args.memory, args.vcpus,
+                                        progress=lambda m: print(m, file=sys.stderr))
+        total = time.monotonic() - started
+        figures = {
+            "bench": "boot",
+            "accel": record.accel,
+            "memory_mib": args.memory,
+            "vcpus": args.vcpus,
+            "stages_s": stages,
+            "create_to_agent_ready_s": round(total, 2),
+            **guest_blame(service, "bench"),
+        }
+    finally:
+        if service.store.find_vm("bench"):
+            service.delete("bench")
+        shutil.rmtree(home, ignore_errors=True)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

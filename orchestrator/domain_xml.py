@@ -1,0 +1,109 @@
+"""Build libvirt domain XML: the only place that knows its shape."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.accel import Acceleration
+
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", QEMU_NS)
+
+# On q35 the NIC gets a fixed slot on pcie.0: the default one clashes with libvirt's root ports.
+NIC_PCI_ADDR = "0x9"
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """What a Somnus VM is made of, as far as libvirt is concerned."""
+
+    name: str
+    memory_mib: int
+    vcpus: int
+    accel: Acceleration
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    disk: Path
+    seed: Path
+    serial_log: Path
+    ssh_port: int
+    agent_port: int
+    agent_guest_port: int
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _disk(devices: ET.Element, source: Path, fmt: str, target: str, readonly: bool) -> None:
+    disk = _sub(devices, "disk", type="file", device="disk")
+    driver = {"name": "qemu", "type": fmt}
+    if not readonly:
+        # Let the guest's TRIM shrink the overlay (Multipass #808: overlays that only grow).
+        driver.update(discard="unmap", cache="writeback")
+    _sub(disk, "driver", **driver)
+    _sub(disk, "source", file=str(source))
+    _sub(disk, "target", dev=target, bus="virtio")
+    if readonly:
+        _sub(disk, "readonly")
+
+
+def user_netdev_args(spec: DomainSpec) -> list[str]:
+    """QEMU user-mode networking: no outside network, loopback-only port forwards."""
+    forwards = (
+        f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22,"
+        f"hostfwd=tcp:127.0.0.1:{spec.agent_port}-:{spec.agent_guest_port}"
+    )
+    return [
+        "-netdev", f"user,id=n0,restrict=on,{forwards}",
+        "-device", f"virtio-net-pci,netdev=n0,bus=pcie.0,addr={NIC_PCI_ADDR}",
+    ]
+
+
+def build_domain_xml(spec: DomainSpec) -> str:
+    """The complete <domain> document for ``spec``."""
+    domain = ET.Element("domain", type=spec.accel.domain_type)
+    _sub(domain, "name", spec.name)
+    _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(domain, "currentMemory", str(spec.memory_mib), unit="MiB")
+    _sub(domain, "vcpu", str(spec.vcpus))
+
+    os_el = _sub(domain, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="q35")
+    _sub(os_el, "kernel", str(spec.kernel))
+    _sub(os_el, "initrd", str(spec.initrd))
+    _sub(os_el, "cmdline", spec.cmdline)
+
+    features = _sub(domain, "features")
+    _sub(features, "acpi")
+    _sub(features, "apic")
+    _sub(domain, "cpu", mode=spec.accel.cpu_mode)
+    _sub(domain, "clock", offset="utc")
+    _sub(domain, "on_poweroff", "destroy")
+    _sub(domain, "on_reboot", "restart")
+    _sub(domain, "on_crash", "destroy")
+
+    devices = _sub(domain, "devices")
+    _disk(devices, spec.disk, "qcow2", "vda", readonly=False)
+    _disk(devices, spec.seed, "raw", "vdb", readonly=True)
+    serial = _sub(devices, "serial", type="pty")
+    _sub(serial, "log", file=str(spec.serial_log), append="on")
+    _sub(serial, "target", port="0")
+    console = _sub(devices, "console", type="pty")
+    _sub(console, "target", type="serial", port="0")
+    # Without an entropy source a TCG guest can stall early boot waiting for the CRNG.
+    rng = _sub(devices, "rng", model="virtio")
+    _sub(rng, "backend", "/dev/urandom", model="random")
+    _sub(devices, "memballoon", model="virtio")
+
+    cmdline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+    for arg in user_netdev_args(spec):
+        ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
+    ET.indent(domain)
+    return ET.tostring(domain, encoding="unicode")

@@ -1,0 +1,65 @@
+"""Records the orchestrator keeps in SQLite (SQLModel), and the one VM state enum."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from sqlmodel import Field, SQLModel
+
+from guest_agent.protocol import Subsystem
+
+__all__ = ["StateTransition", "Subsystem", "VMRecord", "VMState", "utcnow"]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class VMState(StrEnum):
+    """Every state a Somnus VM can be in, for the whole project."""
+
+    CREATING = "creating"
+    RUNNING = "running"
+    PAUSED = "paused"
+    SAVING = "saving"
+    SAVED = "saved"
+    RESTORING = "restoring"
+    STOPPED = "stopped"
+    ERROR = "error"
+    DELETED = "deleted"
+
+
+class VMRecord(SQLModel, table=True):
+    """One VM the orchestrator created: its identity, resources, paths and ports."""
+
+    __tablename__ = "vms"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True, unique=True)
+    domain_name: str = Field(unique=True)
+    subsystem: Subsystem
+    state: VMState = VMState.CREATING
+    memory_mib: int
+    vcpus: int
+    accel: str
+    image_hash: str
+    vm_dir: str
+    ssh_port: int = Field(unique=True)
+    agent_port: int = Field(unique=True)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    last_error: str | None = None
+
+
+class StateTransition(SQLModel, table=True):
+    """A recorded change of a VM's state, with the reason."""
+
+    __tablename__ = "vm_state_history"
+
+    id: int | None = Field(default=None, primary_key=True)
+    vm_name: str = Field(index=True)
+    from_state: VMState | None
+    to_state: VMState
+    at: datetime = Field(default_factory=utcnow)
+    reason: str = ""

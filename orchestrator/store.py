@@ -1,0 +1,87 @@
+"""The orchestrator's SQLite state store: VM records and their state history."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import Session, SQLModel, create_engine, select
+
+from orchestrator.errors import NotFound
+from orchestrator.models import StateTransition, VMRecord, VMState, utcnow
+
+
+class Store:
+    """Typed access to the records; one short transaction per call."""
+
+    def __init__(self, db_path: Path) -> None:
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(f"sqlite:///{db_path}")
+        SQLModel.metadata.create_all(self.engine)
+        os.chmod(db_path, 0o600)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    def add_vm(self, record: VMRecord, reason: str = "created") -> VMRecord:
+        with self.session() as s:
+            s.add(record)
+            s.add(StateTransition(vm_name=record.name, from_state=None, to_state=record.state,
+                                  reason=reason))
+            s.commit()
+            s.refresh(record)
+            return record
+
+    def find_vm(self, name: str) -> VMRecord | None:
+        with self.session() as s:
+            return s.exec(select(VMRecord).where(VMRecord.name == name)).first()
+
+    def get_vm(self, name: str) -> VMRecord:
+        record = self.find_vm(name)
+        if record is None:
+            raise NotFound(f"no VM named '{name}' (see 'somnus vm list')")
+        return record
+
+    def list_vms(self) -> list[VMRecord]:
+        with self.session() as s:
+            return list(s.exec(select(VMRecord).order_by(VMRecord.name)))
+
+    def used_ports(self) -> set[int]:
+        return {p for r in self.list_vms() for p in (r.ssh_port, r.agent_port)}
+
+    def set_state(self, name: str, state: VMState, reason: str = "",
+                  error: str | None = None) -> VMRecord:
+        """Move a VM to ``state`` and record the transition (no-op if unchanged)."""
+        with self.session() as s:
+            record = s.exec(select(VMRecord).where(VMRecord.name == name)).one()
+            if record.state != state:
+                s.add(StateTransition(vm_name=name, from_state=record.state, to_state=state,
+                                      reason=reason))
+                record.state = state
+            record.last_error = error if state == VMState.ERROR else None
+            record.updated_at = utcnow()
+            s.add(record)
+            s.commit()
+            s.refresh(record)
+            return record
+
+    def history(self, name: str) -> list[StateTransition]:
+        with self.session() as s:
+            query = select(StateTransition).where(StateTransition.vm_name == name)
+            return list(s.exec(query.order_by(StateTransition.id)))  # type: ignore[arg-type]
+
+    def delete_vm(self, name: str, reason: str = "deleted") -> None:
+        """Remove the record; the history keeps a final 'deleted' transition."""
+        with self.session() as s:
+            record = s.exec(select(VMRecord).where(VMRecord.name == name)).first()
+            if record is None:
+                return
+            s.add(StateTransition(vm_name=name, from_state=record.state,
+                                  to_state=VMState.DELETED, reason=reason))
+            s.delete(record)
+            s.commit()

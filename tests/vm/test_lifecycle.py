@@ -1,0 +1,154 @@
+"""A real VM, end to end: boot, SSH, agent auth, isolation, stop/start, errors, delete.
+
+Tests run in file order on the shared VM; the last one deletes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+
+from guest_agent.protocol import AgentStatus, HealthResponse, InfoResponse, Subsystem
+from images.catalog import ImageManifest
+from orchestrator.errors import AlreadyExists, InvalidInput, NotFound
+from orchestrator.models import VMState
+from orchestrator.vms import VMService
+
+pytestmark = pytest.mark.vm
+
+
+def somnus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess against the test home."""
+    return subprocess.run(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", *args],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
+    )
+
+
+def test_vm_is_running_and_listed(booted_vm: str, vm_env: dict[str, str]) -> None:
+    result = somnus(vm_env, "vm", "list", "--json")
+    assert result.returncode == 0, result.stderr
+    (vm,) = json.loads(result.stdout)
+    assert vm["name"] == booted_vm and vm["state"] == "running" and vm["subsystem"] == "chat"
+    assert vm["accel"] in ("tcg", "kvm")
+
+
+def test_ssh_runs_a_command_in_the_guest(booted_vm: str, service: VMService,
+                                         image: ImageManifest) -> None:
+    result = service.run(booted_vm, "hostname; uname -r; id -un; cat /etc/os-release")
+    assert result.exit_code == 0, result.stderr
+    hostname, kernel, user = result.stdout.splitlines()[:3]
+    assert hostname == booted_vm and user == "somnus"
+    assert kernel in image.kernel.name  # vmlinuz-<release>
+    assert 'VERSION_ID="12"' in result.stdout
+
+
+def test_cli_ssh_passes_command_and_exit_code(booted_vm: str, vm_env: dict[str, str]) -> None:
+    ok = somnus(vm_env, "vm", "ssh", booted_vm, "--", "cat", "/etc/hostname")
+    assert ok.returncode == 0 and ok.stdout.strip() == booted_vm, ok.stderr
+    failing = somnus(vm_env, "vm", "ssh", booted_vm, "--", "exit", "7")
+    assert failing.returncode == 7
+
+
+def test_agent_refuses_requests_without_the_token(booted_vm: str, service: VMService) -> None:
+    record = service.store.get_vm(booted_vm)
+    url = f"http://127.0.0.1:{record.agent_port}"
+    for path in ("/health", "/info"):
+        assert httpx.get(url + path, timeout=10).status_code == 401
+        wrong = httpx.get(url + path, headers={"Authorization": "Bearer " + "0" * 64}, timeout=10)
+        assert wrong.status_code == 403
+    token = service.paths(booted_vm).token.read_text()
+    good = httpx.get(url + "/health", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert good.status_code == 200
+    health = HealthResponse.model_validate_json(good.content)
+    assert health.vm_name == booted_vm and health.status in set(AgentStatus)
+
+
+def test_agent_info_reports_the_model_and_packages(booted_vm: str, service: VMService) -> None:
+    info: InfoResponse = service.agent(service.store.get_vm(booted_vm)).info()
+    assert info.subsystem is Subsystem.CHAT and info.vm_name == booted_vm
+    names = [m.name for m in info.models]
+    assert "SmolLM2-135M-Instruct.Q4_1.gguf" in names
+    assert all(m.present and m.size_bytes > 50_000_000 for m in info.models)
+    assert info.packages["llama_cpp_python"] != "missing"
+    assert info.packages["faiss-cpu"] != "missing"
+
+
+def test_guest_cannot_reach_the_host_or_anything_else(booted_vm: str,
+                                                      service: VMService) -> None:
+    # A listener on the host's loopback: without restrict=on, the guest would reach it
+    # through the slirp gateway 10.0.2.2. Only loopback traffic is involved.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        probe = (
+            "python3 -c \"import socket,sys\n"
+            f"try:\n socket.create_connection(('10.0.2.2', {port}), timeout=3)\n"
+            "except OSError: sys.exit(3)\nsys.exit(0)\""
+        )
+        result = service.run(booted_vm, probe)
+    assert result.exit_code == 3, "the guest reached the host through user-mode networking"
+
+
+def test_info_shows_state_history_and_paths(booted_vm: str, vm_env: dict[str, str]) -> None:
+    result = somnus(vm_env, "vm", "info", booted_vm, "--json")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert [h["to_state"] for h in info["history"]][:2] == ["creating", "running"]
+    assert info["paths"]["serial_log"].endswith("serial.log")
+    assert info["agent"]["kernel"]
+    console = somnus(vm_env, "vm", "console", booted_vm, "-n", "400")
+    assert "Linux version" in console.stdout or "login:" in console.stdout
+
+
+def test_bad_input_is_one_line_and_creates_nothing(booted_vm: str, service: VMService,
+                                                   vm_env: dict[str, str]) -> None:
+    with pytest.raises(AlreadyExists):
+        service.create(booted_vm, Subsystem.CHAT, wait=False)
+    with pytest.raises(InvalidInput):
+        service.create("Bad_Name", Subsystem.CHAT, wait=False)
+    with pytest.raises(NotFound, match="image"):
+        service.create("noimage", Subsystem.CHAT, image_ref="ffffffffffff", wait=False)
+    assert service.store.find_vm("noimage") is None
+    assert not service.paths("noimage").root.exists()
+    assert not service.hv.exists(service.domain_name("noimage"))
+
+    dup = somnus(vm_env, "vm", "create", booted_vm, "--subsystem", "chat")
+    assert dup.returncode == 4 and dup.stderr.count("\n") == 1 and "exists" in dup.stderr
+    bad = somnus(vm_env, "vm", "create", "x_y", "--subsystem", "chat")
+    assert bad.returncode == 2 and "invalid VM name" in bad.stderr
+    missing = somnus(vm_env, "vm", "start", "ghost")
+    assert missing.returncode == 3 and "no VM named 'ghost'" in missing.stderr
+
+
+def test_stop_then_start_comes_back_ready(booted_vm: str, service: VMService) -> None:
+    service.stop(booted_vm)
+    record = service.store.get_vm(booted_vm)
+    assert record.state is VMState.STOPPED
+    assert not service.hv.is_running(record.domain_name)
+    timings = service.start(booted_vm)
+    assert set(timings) == {"domain running", "ssh", "cloud-init", "agent"}
+    assert service.store.get_vm(booted_vm).state is VMState.RUNNING
+    assert service.run(booted_vm, "cat /etc/hostname").stdout.strip() == booted_vm
+    health = service.agent(record).health()
+    assert health.vm_name == booted_vm
+
+
+def test_delete_leaves_no_file_domain_or_record(booted_vm: str, service: VMService,
+                                                vm_env: dict[str, str]) -> None:
+    record = service.store.get_vm(booted_vm)
+    root = service.paths(booted_vm).root
+    assert root.exists()
+    result = somnus(vm_env, "vm", "delete", booted_vm)
+    assert result.returncode == 0, result.stderr
+    assert not root.exists()
+    assert not service.hv.exists(record.domain_name)
+    assert service.store.find_vm(booted_vm) is None
+    assert json.loads(somnus(vm_env, "vm", "list", "--json").stdout) == []
