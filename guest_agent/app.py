@@ -6,24 +6,77 @@ import hmac
 import platform
 import socket
 import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 
 from guest_agent import __version__
+from guest_agent.agent import Agent
+from guest_agent.chat import BadChatRequest, Turn
+from guest_agent.gate import GatedStream, QueueFull
+from guest_agent.memory.manager import MemoryNotFound, MemoryNotReady
 from guest_agent.models_dir import list_models
+from guest_agent.prompts.manager import UnknownRole
+from guest_agent.prompts.stack import ContextOverflow
 from guest_agent.protocol import (
     AGENT_CONFIG_PATH,
+    AdaptiveProfile,
     AgentConfig,
     AgentStatus,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatDelta,
+    ChatMessage,
+    ChatRole,
+    EmbeddingData,
+    EmbeddingRequest,
+    EmbeddingResponse,
+    EmbeddingUsage,
     ErrorResponse,
     HealthResponse,
     InfoResponse,
+    MemoryAddResponse,
+    MemoryCreate,
+    MemoryDeleteResponse,
+    MemoryFlushResponse,
+    MemoryImportResponse,
+    MemoryListResponse,
+    MemoryRecord,
+    MemorySearchRequest,
+    MemorySearchResponse,
+    MemoryType,
+    ModelCard,
+    ModelList,
+    ModelStatus,
+    PromptInspection,
+    RoleDefinition,
+    RoleList,
 )
+from guest_agent.runtime import InputTooLong, ModelNotReady, ModelRuntime
 
 REPORTED_PACKAGES = ("llama_cpp_python", "faiss-cpu", "fastapi", "numpy", "pydantic")
+# Exceptions the app turns into HTTP errors (checked in order: subclasses first).
+ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (QueueFull, 503),
+    (ModelNotReady, 503),
+    (MemoryNotReady, 503),
+    (ContextOverflow, 400),
+    (InputTooLong, 400),
+    (BadChatRequest, 400),
+    (UnknownRole, 404),
+    (MemoryNotFound, 404),
+)
+RETRY_AFTER_S = "2"
 
 
 def load_config(path: str | Path = AGENT_CONFIG_PATH) -> AgentConfig:
@@ -41,11 +94,53 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def create_app(config: AgentConfig) -> FastAPI:
-    """Build the agent app bound to one VM's config and token."""
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+    body = ErrorResponse(error=message)
+    return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
+
+
+def _sse(payload: BaseModel) -> str:
+    return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
+
+
+def _chunks(turn: Turn) -> Iterator[str]:
+    """The SSE events of one streamed turn (OpenAI/llama-server shape), ending in [DONE]."""
+
+    def chunk(delta: ChatDelta, **extra: Any) -> ChatCompletionChunk:
+        choice = ChatChunkChoice(delta=delta, finish_reason=extra.pop("finish_reason", None))
+        return ChatCompletionChunk(
+            id=turn.id, created=turn.created, model=turn.model, choices=[choice], **extra
+        )
+
+    yield _sse(chunk(ChatDelta(role=ChatRole.ASSISTANT)))
+    try:
+        for text in turn:
+            yield _sse(chunk(ChatDelta(content=text)))
+    except Exception as exc:  # the status line is gone: report in-band, as llama-server does
+        yield _sse(ErrorResponse(error=f"{type(exc).__name__}: {exc}"))
+        return
+    yield _sse(
+        chunk(
+            ChatDelta(),
+            finish_reason=turn.finish_reason,
+            usage=turn.usage,
+            timings=turn.timings,
+            somnus=turn.report(),
+        )
+    )
+    yield "data: [DONE]\n\n"
+
+
+def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> FastAPI:
+    """Build the agent app bound to one VM's config and token.
+
+    ``runtime`` lets several apps share one loaded model (tests, benchmarks);
+    by default the app loads its own in a background thread at startup.
+    """
     started = time.monotonic()
-    app = FastAPI(title="Somnus guest agent", version=__version__)
     expected = f"Bearer {config.token}".encode()
+    agent = Agent(config, runtime)
 
     def require_token(request: Request) -> None:
         given = request.headers.get("authorization", "").encode()
@@ -54,21 +149,59 @@ def create_app(config: AgentConfig) -> FastAPI:
         if not hmac.compare_digest(given, expected):
             raise HTTPException(status_code=403, detail="wrong token")
 
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        agent.start()
+        yield
+        await run_in_threadpool(agent.wait_ready, 120)
+        await run_in_threadpool(agent.close)
+
+    # Token on every route, including the schema: no unauthenticated docs pages.
+    app = FastAPI(
+        title="Somnus guest agent",
+        version=__version__,
+        dependencies=[Depends(require_token)],
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.agent = agent
+
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        body = ErrorResponse(error=str(exc.detail))
-        return JSONResponse(status_code=exc.status_code, content=body.model_dump())
+        return _error(exc.status_code, str(exc.detail))
 
-    @app.get("/health", dependencies=[Depends(require_token)])
+    for exc_type, status in ERROR_STATUS:
+
+        async def _mapped(_: Request, exc: Exception, status: int = status) -> JSONResponse:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            return _error(status, str(message))
+
+        app.add_exception_handler(exc_type, _mapped)
+
+    def require_ready() -> None:
+        if agent.status is AgentStatus.ERROR:
+            raise ModelNotReady(f"model failed to load: {agent.error}")
+        if agent.status is AgentStatus.LOADING:
+            raise ModelNotReady("model is loading")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    @app.get("/health")
     def health() -> HealthResponse:
         return HealthResponse(
-            status=AgentStatus.OK,
+            status=agent.status,
             vm_name=config.vm_name,
             agent_version=__version__,
             uptime_s=time.monotonic() - started,
+            model=agent.runtime.model_id,
+            error=agent.error,
         )
 
-    @app.get("/info", dependencies=[Depends(require_token)])
+    @app.get("/info")
     def info() -> InfoResponse:
         return InfoResponse(
             vm_name=config.vm_name,
@@ -80,5 +213,145 @@ def create_app(config: AgentConfig) -> FastAPI:
             packages=_package_versions(),
             models=list_models(),
         )
+
+    # -- model ----------------------------------------------------------------
+
+    @app.get("/model")
+    def model_status() -> ModelStatus:
+        return agent.runtime.status()
+
+    @app.get("/v1/models")
+    def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=agent.runtime.model_id)])
+
+    @app.post("/v1/chat/completions", response_model=None)
+    def chat_completions(
+        request: ChatCompletionRequest,
+    ) -> ChatCompletionResponse | StreamingResponse:
+        require_ready()
+        agent.gate.enter()
+        try:
+            turn = agent.engine.prepare(request)
+        except BaseException:
+            agent.gate.leave()
+            raise
+        if request.stream:
+            return StreamingResponse(
+                GatedStream(_chunks(turn), agent.gate),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        try:
+            text = "".join(turn)
+        finally:
+            agent.gate.leave()
+        assert turn.usage is not None and turn.timings is not None
+        return ChatCompletionResponse(
+            id=turn.id,
+            created=turn.created,
+            model=turn.model,
+            choices=[
+                ChatChoice(
+                    message=ChatMessage(role=ChatRole.ASSISTANT, content=text),
+                    finish_reason=turn.finish_reason,
+                )
+            ],
+            usage=turn.usage,
+            timings=turn.timings,
+            somnus=turn.report(),
+        )
+
+    @app.post("/v1/embeddings")
+    def embeddings(request: EmbeddingRequest) -> EmbeddingResponse:
+        require_ready()
+        texts = [request.input] if isinstance(request.input, str) else request.input
+        with agent.gate.slot():
+            result = agent.runtime.embed(texts, truncate=False)
+        used = sum(result.token_counts)
+        return EmbeddingResponse(
+            data=[
+                EmbeddingData(index=i, embedding=v.tolist()) for i, v in enumerate(result.vectors)
+            ],
+            model=agent.runtime.model_id,
+            usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used),
+        )
+
+    # -- memory ---------------------------------------------------------------
+
+    @app.post("/memory")
+    def memory_add(item: MemoryCreate) -> MemoryAddResponse:
+        require_ready()
+        with agent.gate.slot():
+            return agent.memory.add(item)
+
+    @app.get("/memory")
+    def memory_list(
+        offset: int = 0,
+        limit: int = 100,
+        memory_type: MemoryType | None = None,
+        conversation_id: str | None = None,
+    ) -> MemoryListResponse:
+        rows, total = agent.memory.store.page(
+            offset, min(limit, 1000), memory_type, conversation_id
+        )
+        return MemoryListResponse(memories=[m.record for m in rows], total=total)
+
+    @app.post("/memory/search")
+    def memory_search(request: MemorySearchRequest) -> MemorySearchResponse:
+        require_ready()
+        with agent.gate.slot():
+            return MemorySearchResponse(hits=agent.memory.search(request))
+
+    @app.get("/memory/export")
+    def memory_export() -> StreamingResponse:
+        return StreamingResponse(agent.memory.export_lines(), media_type="application/x-ndjson")
+
+    @app.post("/memory/import")
+    async def memory_import(request: Request) -> MemoryImportResponse:
+        require_ready()
+        lines = (await request.body()).decode().splitlines()
+
+        def run() -> MemoryImportResponse:
+            with agent.gate.slot():
+                return agent.memory.import_lines(lines)
+
+        try:
+            return await run_in_threadpool(run)
+        except ValueError as exc:  # a line that is not a memory record
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+
+    @app.post("/memory/flush")
+    def memory_flush() -> MemoryFlushResponse:
+        require_ready()
+        return agent.memory.flush()
+
+    @app.get("/memory/{memory_id}")
+    def memory_get(memory_id: str) -> MemoryRecord:
+        return agent.memory.get(memory_id)
+
+    @app.delete("/memory/{memory_id}")
+    def memory_delete(memory_id: str) -> MemoryDeleteResponse:
+        agent.memory.delete(memory_id)
+        return MemoryDeleteResponse(memory_id=memory_id, deleted=True)
+
+    # -- prompts --------------------------------------------------------------
+
+    @app.get("/prompt/last")
+    def prompt_last() -> PromptInspection:
+        if agent.engine.last_prompt is None:
+            raise HTTPException(status_code=404, detail="no prompt assembled yet")
+        return agent.engine.last_prompt
+
+    @app.get("/prompt/profile")
+    def prompt_profile() -> AdaptiveProfile:
+        return agent.bridge.adaptive.profile
+
+    @app.get("/prompt/roles")
+    def prompt_roles() -> RoleList:
+        return RoleList(roles=agent.bridge.roles.list())
+
+    @app.post("/prompt/roles")
+    def prompt_define_role(role: RoleDefinition) -> RoleDefinition:
+        return agent.bridge.roles.define(role)
 
     return app

@@ -555,3 +555,19 @@ class MemoryFlushResponse(BaseModel):
     index_size: int
     expired_purged: int
     index_rebuilt: bool
+
+
+class ClockRequest(BaseModel):
+    """``POST /clock``: the host's time (Unix seconds); sent after a restore."""
+
+    epoch: float
+
+
+class ClockResponse(BaseModel):
+    skew_s: float  # guest minus host before the correction
+    set: bool
+
+
+class MemoryDeleteResponse(BaseModel):
+    memory_id: str
+    deleted: bool

@@ -12,10 +12,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+from llama_cpp.llama_types import CreateCompletionStreamResponse
 
 from guest_agent.gguf import context_length, read_metadata
 from guest_agent.models_dir import bundled_model_dir
@@ -244,7 +246,7 @@ class ModelRuntime:
     def render_chat(self, messages: Sequence[dict[str, str]]) -> tuple[str, list[str]]:
         """The model's own chat template applied to ``messages``; returns (prompt, stops)."""
         formatter = self._require()[2]
-        result = formatter(messages=list(messages))
+        result = formatter(messages=cast(Any, list(messages)))
         stop = result.stop
         stops = stop if isinstance(stop, list) else [stop] if stop else []
         return result.prompt, [s for s in stops if s]
@@ -275,8 +277,8 @@ class ModelRuntime:
                 stop=params.stop or None,
                 stream=True,
             )
-            for chunk in stream:
-                choice = chunk["choices"][0]  # type: ignore[index]
+            for chunk in cast(Iterator[CreateCompletionStreamResponse], stream):
+                choice = chunk["choices"][0]
                 yield Piece(choice["text"], choice["finish_reason"])
 
     def embed(self, texts: Sequence[str], truncate: bool) -> Embeddings:

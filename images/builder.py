@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,20 +217,11 @@ def _copy_boot_files(root: Path, out: Path) -> tuple[Path, Path]:
 
 def _write_package_lists(root: Path, out: Path, log: BuildLog) -> None:
     # What the mirror actually delivered: the recipe pins Python wheels, not .deb versions.
-    dpkg = subprocess.run(
+    dpkg = log.capture(
+        "disk",
         ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f=${Package} ${Version}\n"],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if dpkg.returncode != 0:
-        log.write(dpkg.stderr)
-        raise ImageBuildError(f"stage 'disk': dpkg-query failed; log: {log.path}")
-    (out / "debian-packages.txt").write_text(dpkg.stdout)
-    freeze = subprocess.run(
-        ["chroot", str(root), f"{recipe.GUEST_VENV}/bin/python", "-m", "pip", "freeze",
-         "--disable-pip-version-check"],
-        capture_output=True, text=True, check=False, env={"PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
-    if freeze.returncode != 0:
-        log.write(freeze.stderr)
-        raise ImageBuildError(f"stage 'disk': pip freeze in the guest venv failed; log: {log.path}")
-    (out / "python-packages.txt").write_text(freeze.stdout)
+    )
+    (out / "debian-packages.txt").write_text(dpkg)
+    pip = f"{recipe.GUEST_VENV}/bin/pip"
+    freeze = log.capture("disk", ["chroot", root, pip, "freeze", "--disable-pip-version-check"])
+    (out / "python-packages.txt").write_text(freeze)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 from orchestrator.config import Settings
 from orchestrator.errors import ImageBuildError, InsufficientResources
@@ -55,21 +56,36 @@ class BuildLog:
         stage: str,
         cmd: Sequence[str | Path],
         env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
     ) -> None:
-        """Run ``cmd`` with output appended to the log; ``ImageBuildError`` if it fails."""
+        """Run ``cmd`` with its output appended to the log; ``ImageBuildError`` if it fails."""
+        with self.path.open("a") as out:
+            self._run(stage, cmd, env, out)
+
+    def capture(
+        self, stage: str, cmd: Sequence[str | Path], env: Mapping[str, str] | None = None
+    ) -> str:
+        """Run ``cmd`` and return its stdout (stderr goes to the log)."""
+        return self._run(stage, cmd, env, subprocess.PIPE)
+
+    def _run(
+        self,
+        stage: str,
+        cmd: Sequence[str | Path],
+        env: Mapping[str, str] | None,
+        stdout: IO[str] | int,
+    ) -> str:
         argv = [str(a) for a in cmd]
         self.write(f"$ {shlex.join(argv)}\n")
         started = time.monotonic()
-        with self.path.open("a") as out:
+        with self.path.open("a") as err:
             try:
                 result = subprocess.run(
                     argv,
                     stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
+                    stdout=stdout,
+                    stderr=err if stdout == subprocess.PIPE else subprocess.STDOUT,
                     env=dict(env) if env is not None else None,
-                    cwd=cwd,
+                    text=True,
                     check=False,
                 )
             except OSError as exc:
@@ -82,6 +98,7 @@ class BuildLog:
                 f"stage '{stage}' failed: {Path(argv[0]).name} exited {result.returncode}; "
                 f"log: {self.path}"
             )
+        return result.stdout or ""
 
 
 # Host tool -> the Debian package that ships it.

@@ -29,6 +29,8 @@ PACKAGES: tuple[str, ...] = (
     "linux-image-cloud-amd64",
     "initramfs-tools",
     "zstd",
+    # llama.cpp's shared library links OpenMP.
+    "libgomp1",
     "e2fsprogs",
     "cloud-init",
     "openssh-server",

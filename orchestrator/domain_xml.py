@@ -13,6 +13,8 @@ ET.register_namespace("qemu", QEMU_NS)
 
 # On q35 the NIC gets a fixed slot on pcie.0: the default one clashes with libvirt's root ports.
 NIC_PCI_ADDR = "0x9"
+# ...which gives it this predictable name inside the guest.
+GUEST_NIC_NAME = "enp0s9"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -17,6 +22,14 @@ def _silence_libvirt(_ctx: Any, _err: Any) -> None:
 
 
 libvirt.registerErrorHandler(_silence_libvirt, None)
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    created: int  # Unix time
+    state: str  # the domain's state when taken: 'running' snapshots include memory
+    description: str
+
 
 _RUNNING_STATES = {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED}
 
@@ -96,6 +109,91 @@ class Hypervisor:
                 raise HypervisorUnavailable(f"cannot stop '{name}': {_one_line(exc)}") from exc
         return False
 
+    def pause(self, name: str) -> None:
+        """Freeze the vCPUs; RAM stays allocated, so resuming is instant."""
+        self._call(name, "pause", lambda d: d.suspend())
+
+    def resume(self, name: str) -> None:
+        self._call(name, "resume", lambda d: d.resume())
+
+    def managed_save(self, name: str) -> None:
+        """Write the guest's RAM and device state to libvirt's save file and stop it.
+
+        On failure (e.g. a full disk) libvirt leaves the domain as it was.
+        """
+        self._call(name, "save", lambda d: d.managedSave(0))
+
+    def has_managed_save(self, name: str) -> bool:
+        return bool(self._lookup(name).hasManagedSaveImage(0))
+
+    def remove_managed_save(self, name: str) -> None:
+        self._call(name, "drop the save file of", lambda d: d.managedSaveRemove(0))
+
+    def managed_save_path(self, name: str) -> Path:
+        """Where libvirt's QEMU driver keeps the managed save (fixed for qemu:///system)."""
+        return Path("/var/lib/libvirt/qemu/save") / f"{name}.save"
+
+    def qemu_pid(self, name: str) -> int | None:
+        """PID of the domain's QEMU process, from libvirt's pid file."""
+        pid_file = Path("/run/libvirt/qemu") / f"{name}.pid"
+        try:
+            return int(pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def memory_stats(self, name: str) -> dict[str, int]:
+        """libvirt's memory statistics for a running domain (KiB), e.g. 'rss', 'actual'."""
+        dom = self._lookup(name)
+        if not dom.isActive():
+            return {}
+        try:
+            return {str(k): int(v) for k, v in dom.memoryStats().items()}
+        except libvirt.libvirtError:
+            return {}
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def snapshot_create(self, name: str, snapshot: str, description: str = "") -> None:
+        """Internal qcow2 snapshot; with the memory state when the domain runs."""
+        xml = (f"<domainsnapshot><name>{escape(snapshot)}</name>"
+               f"<description>{escape(description)}</description></domainsnapshot>")
+        self._call(name, "snapshot", lambda d: d.snapshotCreateXML(xml, 0))
+
+    def snapshot_list(self, name: str) -> list[SnapshotInfo]:
+        dom = self._lookup(name)
+        found = []
+        for snap in dom.listAllSnapshots(0):
+            root = ET.fromstring(snap.getXMLDesc(0))
+            found.append(SnapshotInfo(
+                name=snap.getName(),
+                created=int(root.findtext("creationTime") or 0),
+                state=root.findtext("state") or "",
+                description=root.findtext("description") or "",
+            ))
+        return sorted(found, key=lambda s: s.created)
+
+    def snapshot_revert(self, name: str, snapshot: str) -> None:
+        dom = self._lookup(name)
+        snap = self._snapshot(dom, snapshot)
+        self._call(name, "revert", lambda d: d.revertToSnapshot(snap, 0))
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        snap = self._snapshot(self._lookup(name), snapshot)
+        self._call(name, "delete snapshot of", lambda _d: snap.delete(0))
+
+    def _snapshot(self, dom: libvirt.virDomain, snapshot: str) -> libvirt.virDomainSnapshot:
+        try:
+            return dom.snapshotLookupByName(snapshot, 0)
+        except libvirt.libvirtError as exc:
+            raise NotFound(f"no snapshot '{snapshot}' of '{dom.name()}'") from exc
+
+    def _call(self, name: str, verb: str, action: Callable[[libvirt.virDomain], object]) -> None:
+        dom = self._lookup(name)
+        try:
+            action(dom)
+        except libvirt.libvirtError as exc:
+            raise HypervisorUnavailable(f"cannot {verb} '{name}': {_one_line(exc)}") from exc
+
     def undefine(self, name: str) -> None:
         """Power off and forget the domain, with its managed save and snapshot metadata."""
         try:
@@ -129,6 +227,13 @@ class Hypervisor:
     def is_running(self, name: str) -> bool:
         try:
             return self.state(name) is VMState.RUNNING
+        except NotFound:
+            return False
+
+    def is_active(self, name: str) -> bool:
+        """True while a QEMU process exists for the domain (running or paused)."""
+        try:
+            return bool(self._lookup(name).isActive())
         except NotFound:
             return False
 

@@ -9,7 +9,16 @@ from sqlmodel import Field, SQLModel
 
 from guest_agent.protocol import Subsystem
 
-__all__ = ["StateTransition", "Subsystem", "VMRecord", "VMState", "utcnow"]
+__all__ = [
+    "StateTransition",
+    "Subsystem",
+    "SwapOutcome",
+    "SwapPhase",
+    "SwapRecord",
+    "VMRecord",
+    "VMState",
+    "utcnow",
+]
 
 
 def utcnow() -> datetime:
@@ -50,6 +59,8 @@ class VMRecord(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
     last_error: str | None = None
+    # When the VM last left the foreground or entered it: least recently used is demoted first.
+    last_active_at: datetime = Field(default_factory=utcnow)
 
 
 class StateTransition(SQLModel, table=True):
@@ -63,3 +74,34 @@ class StateTransition(SQLModel, table=True):
     to_state: VMState
     at: datetime = Field(default_factory=utcnow)
     reason: str = ""
+
+
+class SwapPhase(StrEnum):
+    """How far a foreground swap got; recovery after a crash starts from here."""
+
+    STARTED = "started"
+    FROM_PAUSED = "from_paused"
+    TO_STARTED = "to_started"
+    TO_READY = "to_ready"
+
+
+class SwapOutcome(StrEnum):
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+class SwapRecord(SQLModel, table=True):
+    """The handover ledger: one row per foreground swap, in sequence."""
+
+    __tablename__ = "swap_ledger"
+
+    seq: int | None = Field(default=None, primary_key=True)
+    from_vm: str | None
+    to_vm: str
+    phase: SwapPhase = SwapPhase.STARTED
+    outcome: SwapOutcome = SwapOutcome.IN_PROGRESS
+    started_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    detail: str = ""

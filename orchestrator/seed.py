@@ -18,6 +18,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from guest_agent.protocol import AgentConfig
 from orchestrator.credentials import write_private
+from orchestrator.domain_xml import GUEST_NIC_NAME
 from orchestrator.errors import HypervisorUnavailable
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "cloud-init"
@@ -63,6 +64,7 @@ def render_seed(ctx: SeedContext, templates_dir: Path = TEMPLATES_DIR) -> dict[s
         "host_key_private": ctx.host_key_private,
         "host_key_public": ctx.host_key_public,
         "agent_config_json": ctx.agent.model_dump_json(),
+        "nic_name": GUEST_NIC_NAME,
     }
     user_data = yaml.safe_load(env.get_template("user-data.yaml.j2").render(values))
     overlay_path = templates_dir / "subsystems" / f"{ctx.agent.subsystem.value}.yaml"

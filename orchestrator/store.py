@@ -11,7 +11,15 @@ from sqlalchemy import Engine
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from orchestrator.errors import NotFound
-from orchestrator.models import StateTransition, VMRecord, VMState, utcnow
+from orchestrator.models import (
+    StateTransition,
+    SwapOutcome,
+    SwapPhase,
+    SwapRecord,
+    VMRecord,
+    VMState,
+    utcnow,
+)
 
 
 class Store:
@@ -85,3 +93,59 @@ class Store:
                                   to_state=VMState.DELETED, reason=reason))
             s.delete(record)
             s.commit()
+
+    def touch(self, name: str) -> None:
+        """Mark the VM as just used (LRU order for demotion)."""
+        with self.session() as s:
+            record = s.exec(select(VMRecord).where(VMRecord.name == name)).one()
+            record.last_active_at = utcnow()
+            s.add(record)
+            s.commit()
+
+    # -- the handover ledger ----------------------------------------------------------------
+
+    def open_swap(self, from_vm: str | None, to_vm: str) -> SwapRecord:
+        with self.session() as s:
+            swap = SwapRecord(from_vm=from_vm, to_vm=to_vm)
+            s.add(swap)
+            s.commit()
+            s.refresh(swap)
+            return swap
+
+    def swap_phase(self, seq: int, phase: SwapPhase) -> None:
+        with self.session() as s:
+            swap = s.get_one(SwapRecord, seq)
+            swap.phase = phase
+            s.add(swap)
+            s.commit()
+
+    def close_swap(self, seq: int, outcome: SwapOutcome, detail: str = "") -> None:
+        with self.session() as s:
+            swap = s.get_one(SwapRecord, seq)
+            swap.outcome = outcome
+            swap.detail = detail
+            swap.finished_at = utcnow()
+            s.add(swap)
+            s.commit()
+
+    def open_swaps(self) -> list[SwapRecord]:
+        """Swaps a killed orchestrator left unfinished, oldest first."""
+        with self.session() as s:
+            query = select(SwapRecord).where(SwapRecord.outcome == SwapOutcome.IN_PROGRESS)
+            return list(s.exec(query.order_by(SwapRecord.seq)))  # type: ignore[arg-type]
+
+    def swaps(self, limit: int = 20) -> list[SwapRecord]:
+        """The most recent swaps, newest first."""
+        with self.session() as s:
+            query = select(SwapRecord).order_by(SwapRecord.seq.desc()).limit(limit)  # type: ignore[union-attr]
+            return list(s.exec(query))
+
+    def foreground(self) -> str | None:
+        """The VM the last completed swap brought forward, if it still exists."""
+        with self.session() as s:
+            query = (select(SwapRecord).where(SwapRecord.outcome == SwapOutcome.DONE)
+                     .order_by(SwapRecord.seq.desc()))  # type: ignore[union-attr]
+            for swap in s.exec(query):
+                exists = s.exec(select(VMRecord).where(VMRecord.name == swap.to_vm)).first()
+                return swap.to_vm if exists else None
+            return None

@@ -12,7 +12,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from orchestrator.agent_client import AgentClient
 from orchestrator.config import Settings
 from orchestrator.domain_xml import DomainSpec, build_domain_xml
 from orchestrator.errors import AlreadyExists, Conflict, GuestError, InvalidInput, NotFound
-from orchestrator.hypervisor import Hypervisor
+from orchestrator.hypervisor import Hypervisor, SnapshotInfo
 from orchestrator.models import StateTransition, VMRecord, VMState
 from orchestrator.ports import allocate_ports
 from orchestrator.readiness import Stage, cloud_init_result, wait_ready
@@ -37,16 +37,20 @@ from orchestrator.ssh import (
 from orchestrator.ssh import run as ssh_run
 from orchestrator.store import Store
 
+# States the orchestrator leaves a VM in between commands; the others are mid-operation.
+SETTLED_STATES = frozenset(
+    {VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.SAVED, VMState.ERROR}
+)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 Progress = Callable[[str], None]
 
 
-def validate_name(name: str) -> None:
-    """VM names double as hostnames and libvirt names: keep them DNS-safe."""
+def validate_name(name: str, what: str = "VM") -> None:
+    """Names double as hostnames and libvirt names: keep them DNS-safe."""
     if not NAME_RE.fullmatch(name) or "--" in name:
         raise InvalidInput(
-            f"invalid VM name '{name}': use 2-32 lowercase letters, digits and single hyphens, "
-            "starting with a letter"
+            f"invalid {what} name '{name}': use 2-32 lowercase letters, digits and single "
+            "hyphens, starting with a letter"
         )
 
 
@@ -95,6 +99,7 @@ class VMService:
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_path)
         self._hypervisor = hypervisor
+        self._lock_depth = 0
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -105,14 +110,26 @@ class VMService:
         return self._hypervisor
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        """One mutating operation at a time per Somnus home (ports, names, swaps)."""
-        lock_path = self.settings.home / ".lock"
-        with open(lock_path, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    def locked(self) -> Iterator[None]:
+        """One mutating operation at a time per Somnus home (ports, names, swaps).
+
+        Re-entrant within this object, so a swap can call create/reconcile while
+        holding it; other processes wait.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
             try:
                 yield
             finally:
+                self._lock_depth -= 1
+            return
+        with open(self.settings.home / ".lock", "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            self._lock_depth = 1
+            try:
+                yield
+            finally:
+                self._lock_depth = 0
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def paths(self, name: str) -> VMPaths:
@@ -205,7 +222,7 @@ class VMService:
             raise InvalidInput("vcpus must be at least 1")
         timings: dict[str, float] = {}
         started = time.monotonic()
-        with self._locked():
+        with self.locked():
             domain_name = self.domain_name(name)
             if self.store.find_vm(name) is not None:
                 raise AlreadyExists(f"a VM named '{name}' exists already")
@@ -232,6 +249,8 @@ class VMService:
             timings["provision"] = round(time.monotonic() - started, 2)
         if wait:
             timings.update(self.wait_ready(name, progress))
+        else:
+            self.store.set_state(name, VMState.RUNNING, reason="started, not waited for")
         return self.store.get_vm(name), timings
 
     def _provision(
@@ -279,7 +298,7 @@ class VMService:
 
     def start(self, name: str, wait: bool = True,
               progress: Progress | None = None) -> dict[str, float]:
-        with self._locked():
+        with self.locked():
             record = self.store.get_vm(name)
             self._require_domain(record)
             if self.hv.is_running(record.domain_name):
@@ -291,7 +310,7 @@ class VMService:
 
     def stop(self, name: str, force: bool = False) -> bool:
         """Shut the VM down (ACPI, then power off); True if the guest shut down cleanly."""
-        with self._locked():
+        with self.locked():
             record = self.store.get_vm(name)
             self._require_domain(record)
             clean = self.hv.stop(record.domain_name, force=force)
@@ -301,7 +320,7 @@ class VMService:
 
     def delete(self, name: str) -> None:
         """Remove the domain, the VM's files and its record; nothing is left behind."""
-        with self._locked():
+        with self.locked():
             record = self.store.get_vm(name)
             self._remove(record.name, record.domain_name)
 
@@ -322,22 +341,37 @@ class VMService:
     # -- inspection -------------------------------------------------------------------------
 
     def reconcile(self) -> list[str]:
-        """Bring records in line with libvirt; return one line per change made."""
+        """Bring records in line with libvirt; return one line per change made.
+
+        A domain deleted behind our back is reported (state 'error'), never crashed
+        on; a VM whose QEMU process died while we thought it ran is marked 'error'.
+        """
         changes: list[str] = []
-        for record in self.store.list_vms():
-            if not self.hv.exists(record.domain_name):
-                if record.state is not VMState.ERROR:
-                    self.store.set_state(record.name, VMState.ERROR, reason="reconcile",
-                                         error="libvirt domain vanished")
-                    changes.append(f"{record.name}: domain gone from libvirt -> error")
-                continue
-            live = self.hv.state(record.domain_name)
-            settled = record.state in {VMState.RUNNING, VMState.STOPPED, VMState.PAUSED,
-                                       VMState.SAVED, VMState.ERROR}
-            if settled and live is not record.state:
-                self.store.set_state(record.name, live, reason="reconcile with libvirt")
-                changes.append(f"{record.name}: {record.state.value} -> {live.value}")
+        with self.locked():
+            for record in self.store.list_vms():
+                change = self._reconcile_one(record)
+                if change:
+                    changes.append(change)
         return changes
+
+    def _reconcile_one(self, record: VMRecord) -> str | None:
+        if not self.hv.exists(record.domain_name):
+            if record.state is VMState.ERROR:
+                return None
+            self.store.set_state(record.name, VMState.ERROR, reason="reconcile",
+                                 error="libvirt domain vanished")
+            return f"{record.name}: domain gone from libvirt -> error"
+        live = self.hv.state(record.domain_name)
+        if live is record.state or record.state not in SETTLED_STATES:
+            return None
+        if record.state is VMState.ERROR and live is VMState.STOPPED:
+            return None  # the error stands until the user starts or deletes the VM
+        if record.state is VMState.RUNNING and live is VMState.STOPPED:
+            self.store.set_state(record.name, VMState.ERROR, reason="QEMU process died",
+                                 error="QEMU exited while the VM was running")
+            return f"{record.name}: QEMU process died -> error"
+        self.store.set_state(record.name, live, reason="reconcile with libvirt")
+        return f"{record.name}: {record.state.value} -> {live.value}"
 
     def list_vms(self) -> list[VMRecord]:
         self.reconcile()
@@ -366,6 +400,47 @@ class VMService:
         if not self.hv.is_running(record.domain_name):
             raise Conflict(f"VM '{name}' is not running (start it: 'somnus vm start {name}')")
         return record
+
+    # -- snapshots --------------------------------------------------------------------------
+
+    def snapshot_create(self, name: str, snapshot: str, description: str = "") -> SnapshotInfo:
+        """Snapshot the disk, and the memory when the VM runs (internal qcow2 snapshot)."""
+        validate_name(snapshot, what="snapshot")
+        with self.locked():
+            record = self.store.get_vm(name)
+            self._require_domain(record)
+            if any(s.name == snapshot for s in self.hv.snapshot_list(record.domain_name)):
+                raise AlreadyExists(f"VM '{name}' has a snapshot '{snapshot}' already")
+            if self.hv.is_running(record.domain_name):
+                with suppress(GuestError):
+                    self.agent(record).flush()
+            self.hv.snapshot_create(record.domain_name, snapshot, description)
+            return next(s for s in self.hv.snapshot_list(record.domain_name)
+                        if s.name == snapshot)
+
+    def snapshot_list(self, name: str) -> list[SnapshotInfo]:
+        record = self.store.get_vm(name)
+        self._require_domain(record)
+        return self.hv.snapshot_list(record.domain_name)
+
+    def snapshot_revert(self, name: str, snapshot: str) -> VMState:
+        """Return the VM to the snapshot: disk, and memory if it was taken running."""
+        with self.locked():
+            record = self.store.get_vm(name)
+            self._require_domain(record)
+            self.hv.snapshot_revert(record.domain_name, snapshot)
+            state = self.hv.state(record.domain_name)
+            self.store.set_state(name, state, reason=f"reverted to snapshot '{snapshot}'")
+            if state is VMState.RUNNING:
+                with suppress(GuestError):
+                    self.agent(record).sync_clock()
+            return state
+
+    def snapshot_delete(self, name: str, snapshot: str) -> None:
+        with self.locked():
+            record = self.store.get_vm(name)
+            self._require_domain(record)
+            self.hv.snapshot_delete(record.domain_name, snapshot)
 
     def console_log(self, name: str) -> Path:
         self.store.get_vm(name)

@@ -14,6 +14,9 @@ import typer
 from orchestrator.cli.common import err
 from orchestrator.cli.demo import demo
 from orchestrator.cli.image import image_app
+from orchestrator.cli.session import session_app
+from orchestrator.cli.snapshot import snapshot_app
+from orchestrator.cli.swap import activate, status
 from orchestrator.cli.vm import vm_app
 from orchestrator.errors import SomnusError
 
@@ -21,7 +24,11 @@ app = typer.Typer(help="Somnus: a local-first AI workstation where every subsyst
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(image_app, name="image")
 app.add_typer(vm_app, name="vm")
+app.add_typer(session_app, name="session")
 app.command()(demo)
+app.command()(activate)
+app.command()(status)
+vm_app.add_typer(snapshot_app, name="snapshot")
 
 
 def main() -> None:

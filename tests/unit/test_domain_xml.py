@@ -12,11 +12,19 @@ from orchestrator.domain_xml import QEMU_NS, DomainSpec, build_domain_xml
 
 def make_spec(mode: AccelMode = AccelMode.TCG) -> DomainSpec:
     return DomainSpec(
-        name="somnus-unit", memory_mib=768, vcpus=2, accel=Acceleration(mode, "test"),
-        kernel=Path("/img/vmlinuz"), initrd=Path("/img/initrd.img"),
-        cmdline="root=LABEL=somnus-root rw console=ttyS0", disk=Path("/vm/disk.qcow2"),
-        seed=Path("/vm/seed.iso"), serial_log=Path("/vm/serial.log"),
-        ssh_port=42010, agent_port=42011, agent_guest_port=8700,
+        name="somnus-unit",
+        memory_mib=768,
+        vcpus=2,
+        accel=Acceleration(mode, "test"),
+        kernel=Path("/img/vmlinuz"),
+        initrd=Path("/img/initrd.img"),
+        cmdline="root=LABEL=somnus-root rw console=ttyS0",
+        disk=Path("/vm/disk.qcow2"),
+        seed=Path("/vm/seed.iso"),
+        serial_log=Path("/vm/serial.log"),
+        ssh_port=42010,
+        agent_port=42011,
+        agent_guest_port=8700,
     )
 
 

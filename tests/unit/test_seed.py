@@ -12,6 +12,7 @@ import yaml
 
 from guest_agent.protocol import AgentConfig, Subsystem
 from orchestrator.credentials import generate_keypair
+from orchestrator.domain_xml import GUEST_NIC_NAME
 from orchestrator.seed import SeedContext, merge, render_seed, write_seed_image
 
 TOKEN = "ab" * 32
@@ -21,8 +22,11 @@ def context(subsystem: Subsystem = Subsystem.CHAT, hostname: str = "chat") -> Se
     host_private, host_public = generate_keypair("host")
     _user_private, user_public = generate_keypair("somnus")
     return SeedContext(
-        instance_id=f"{hostname}-1234", hostname=hostname, user="somnus",
-        ssh_authorized_key=user_public, host_key_private=host_private.decode(),
+        instance_id=f"{hostname}-1234",
+        hostname=hostname,
+        user="somnus",
+        ssh_authorized_key=user_public,
+        host_key_private=host_private.decode(),
         host_key_public=host_public,
         agent=AgentConfig(vm_name=hostname, subsystem=subsystem, token=TOKEN),
     )
@@ -74,13 +78,16 @@ def test_meta_and_network_config() -> None:
     assert meta == {"instance-id": "proj-1-1234", "local-hostname": "proj-1"}
     net = yaml.safe_load(files["network-config"])
     assert net["version"] == 2
-    (nic,) = net["ethernets"].values()
-    assert nic["addresses"] == ["10.0.2.15/24"]
+    assert list(net["ethernets"]) == [GUEST_NIC_NAME]  # cloud-init 22.4 ignores match globs
+    assert net["ethernets"][GUEST_NIC_NAME]["addresses"] == ["10.0.2.15/24"]
 
 
 def test_merge_appends_lists_and_merges_dicts() -> None:
     assert merge({"a": [1], "b": {"x": 1}, "c": 1}, {"a": [2], "b": {"y": 2}, "c": 3}) == {
-        "a": [1, 2], "b": {"x": 1, "y": 2}, "c": 3}
+        "a": [1, 2],
+        "b": {"x": 1, "y": 2},
+        "c": 3,
+    }
 
 
 def test_seed_image_is_a_cidata_iso_readable_only_by_owner(tmp_path: Path) -> None:
@@ -89,6 +96,7 @@ def test_seed_image_is_a_cidata_iso_readable_only_by_owner(tmp_path: Path) -> No
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     label = subprocess.run(["isoinfo", "-d", "-i", str(path)], capture_output=True, text=True)
     assert "Volume id: cidata" in label.stdout
-    listing = subprocess.run(["isoinfo", "-R", "-f", "-i", str(path)], capture_output=True,
-                             text=True).stdout.split()
+    listing = subprocess.run(
+        ["isoinfo", "-R", "-f", "-i", str(path)], capture_output=True, text=True
+    ).stdout.split()
     assert sorted(listing) == ["/meta-data", "/network-config", "/user-data"]

@@ -14,9 +14,18 @@ from orchestrator.store import Store
 
 
 def record(name: str, ssh: int, agent: int) -> VMRecord:
-    return VMRecord(name=name, domain_name=f"somnus-{name}", subsystem=Subsystem.CHAT,
-                    memory_mib=512, vcpus=1, accel="tcg", image_hash="h", vm_dir=f"/v/{name}",
-                    ssh_port=ssh, agent_port=agent)
+    return VMRecord(
+        name=name,
+        domain_name=f"somnus-{name}",
+        subsystem=Subsystem.CHAT,
+        memory_mib=512,
+        vcpus=1,
+        accel="tcg",
+        image_hash="h",
+        vm_dir=f"/v/{name}",
+        ssh_port=ssh,
+        agent_port=agent,
+    )
 
 
 def test_records_persist_across_store_instances(tmp_path: Path) -> None:

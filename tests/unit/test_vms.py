@@ -6,15 +6,11 @@ Files (overlay via qemu-img, seed via genisoimage) and the SQLite store are real
 from __future__ import annotations
 
 import subprocess
-import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from guest_agent.protocol import Subsystem
-from images.catalog import ImageManifest, image_dir
+from images.catalog import ImageManifest
 from orchestrator import disks
 from orchestrator.config import Settings
 from orchestrator.errors import (
@@ -30,43 +26,6 @@ from orchestrator.models import VMState
 from orchestrator.vms import VMService, validate_name
 
 
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", cache=tmp_path / "cache",
-                    libvirt_uri="test:///default", accel="tcg",
-                    domain_prefix=f"unit-{uuid.uuid4().hex[:6]}-",
-                    port_range_start=46000, port_range_end=46999, min_free_disk_mib=1)
-
-
-@pytest.fixture
-def image(settings: Settings) -> ImageManifest:
-    """A tiny but real qcow2 base with a manifest, as the builder would leave it."""
-    recipe = "ab" * 32
-    folder = image_dir(settings, recipe)
-    folder.mkdir(parents=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(folder / "disk.qcow2"), "64M"],
-                   check=True)
-    for name in ("vmlinuz", "initrd.img"):
-        (folder / name).write_bytes(b"x")
-    manifest = ImageManifest(
-        name="unit", recipe_hash=recipe, base_hash="cd" * 32, created_at=datetime.now(UTC),
-        path=folder, disk=folder / "disk.qcow2", kernel=folder / "vmlinuz",
-        initrd=folder / "initrd.img", kernel_cmdline="root=/dev/vda", disk_bytes=1,
-        virtual_size_bytes=64 << 20, debian_suite="bookworm", packages=[],
-        guest_requirements=[], build_seconds=0.0,
-    )
-    manifest.write(folder)
-    return manifest
-
-
-@pytest.fixture
-def service(settings: Settings, image: ImageManifest) -> Iterator[VMService]:
-    svc = VMService(settings, Hypervisor(settings.libvirt_uri))
-    yield svc
-    for name in svc.hv.domain_names(settings.domain_prefix):
-        svc.hv.undefine(name)
-
-
 @pytest.mark.parametrize("name", ["a", "Chat", "1chat", "chat-", "ch--at", "x" * 33, "ch_at", ""])
 def test_bad_names_are_refused(name: str) -> None:
     with pytest.raises(InvalidInput):
@@ -80,8 +39,9 @@ def test_create_defines_a_domain_and_files(service: VMService) -> None:
     assert paths.overlay.is_file() and paths.seed.is_file() and paths.known_hosts.is_file()
     assert (paths.token.stat().st_mode & 0o777) == 0o600
     assert service.hv.is_running(record.domain_name)
-    info = subprocess.run(["qemu-img", "info", str(paths.overlay)], capture_output=True,
-                          text=True, check=True).stdout
+    info = subprocess.run(
+        ["qemu-img", "info", str(paths.overlay)], capture_output=True, text=True, check=True
+    ).stdout
     assert "backing file:" in info  # an overlay, never a copy of the base
     assert record.ssh_port != record.agent_port
 
@@ -99,8 +59,9 @@ def test_duplicate_name_is_refused_and_first_vm_untouched(service: VMService) ->
     assert service.paths("chat").overlay.exists()
 
 
-def test_failure_midway_leaves_nothing_behind(service: VMService,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_midway_leaves_nothing_behind(
+    service: VMService, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def full_disk(*_args: object) -> None:
         raise InsufficientResources("disk full while writing the overlay")
 
@@ -112,8 +73,9 @@ def test_failure_midway_leaves_nothing_behind(service: VMService,
     assert not service.hv.exists(service.domain_name("chat"))
 
 
-def test_not_enough_disk_is_refused_before_anything_is_made(settings: Settings,
-                                                            image: ImageManifest) -> None:
+def test_not_enough_disk_is_refused_before_anything_is_made(
+    settings: Settings, image: ImageManifest
+) -> None:
     settings.min_free_disk_mib = 10**9
     svc = VMService(settings, Hypervisor(settings.libvirt_uri))
     with pytest.raises(InsufficientResources, match="not enough disk space"):
@@ -151,11 +113,19 @@ def test_domain_deleted_behind_our_back_is_reported(service: VMService) -> None:
     assert service.store.list_vms() == []
 
 
-def test_reconcile_picks_up_a_domain_stopped_outside_somnus(service: VMService) -> None:
+def test_qemu_gone_while_running_is_marked_error(service: VMService) -> None:
     record, _ = service.create("chat", Subsystem.CHAT, wait=False)
     service.store.set_state("chat", VMState.RUNNING, reason="test: ready")
     service.hv.stop(record.domain_name, force=True)
-    assert [r.state for r in service.list_vms()] == [VMState.STOPPED]
+    assert service.reconcile() == ["chat: QEMU process died -> error"]
+    assert [r.state for r in service.list_vms()] == [VMState.ERROR]
+
+
+def test_reconcile_follows_a_settled_state_changed_outside_somnus(service: VMService) -> None:
+    record, _ = service.create("chat", Subsystem.CHAT, wait=False)
+    service.store.set_state("chat", VMState.RUNNING, reason="test: ready")
+    service.hv.pause(record.domain_name)
+    assert service.reconcile() == ["chat: running -> paused"]
 
 
 def test_delete_removes_domain_files_and_record(service: VMService) -> None:

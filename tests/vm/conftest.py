@@ -66,14 +66,22 @@ def service(settings: Settings) -> VMService:
 @pytest.fixture(scope="session")
 def booted_vm(service: VMService, image: ImageManifest) -> Iterator[str]:
     """The shared VM, created once and booted to agent-ready."""
-    _record, timings = service.create(VM_NAME, Subsystem.CHAT, memory_mib=1024,
-                                      progress=print)
-    print(f"boot timings: {timings}")
-    yield VM_NAME
-    if service.store.find_vm(VM_NAME) is not None:
-        service.delete(VM_NAME)
-    hv = Hypervisor(service.settings.libvirt_uri)
-    leftovers = hv.domain_names(service.settings.domain_prefix)
+    try:
+        _record, timings = service.create(VM_NAME, Subsystem.CHAT, memory_mib=1024,
+                                          progress=print)
+        print(f"boot timings: {timings}")
+        yield VM_NAME
+    finally:
+        if service.store.find_vm(VM_NAME) is not None:
+            service.delete(VM_NAME)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_domains_left_behind(settings: Settings) -> Iterator[None]:
+    """After the session, no test domain may remain in libvirt."""
+    yield
+    hv = Hypervisor(settings.libvirt_uri)
+    leftovers = hv.domain_names(settings.domain_prefix)
     for name in leftovers:
         hv.undefine(name)
     assert not leftovers, f"tests left libvirt domains behind: {leftovers}"

@@ -1,0 +1,68 @@
+"""One VM's agent: the model runtime, memory, prompt bridge, chat engine and request gate."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from guest_agent.chat import ChatEngine
+from guest_agent.gate import RequestGate
+from guest_agent.memory.manager import MemoryManager, open_memory
+from guest_agent.prompts.bridge import PromptBridge
+from guest_agent.protocol import AgentConfig, AgentStatus, ModelState
+from guest_agent.runtime import ModelRuntime
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """Owns everything one VM's agent serves; ``boot`` loads the model off the request path."""
+
+    def __init__(self, config: AgentConfig, runtime: ModelRuntime | None = None) -> None:
+        self.config = config
+        data_dir = Path(config.data_dir)
+        self.runtime = runtime or ModelRuntime(config.model, data_dir)
+        self.memory: MemoryManager = open_memory(data_dir, config.memory_index)
+        self.bridge = PromptBridge(self.memory.store, config.subsystem)
+        self.engine = ChatEngine(self.runtime, self.memory, self.bridge)
+        self.gate = RequestGate(config.max_queue)
+        self.boot_error: str | None = None
+        self._booted = threading.Event()
+
+    def boot(self) -> None:
+        """Load the model, then attach memory to it (index loaded or rebuilt)."""
+        try:
+            self.runtime.load_quietly()
+            if self.runtime.state is ModelState.READY:
+                self.memory.attach(self.runtime)
+        except Exception as exc:
+            log.exception("agent boot failed")
+            self.boot_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            self._booted.set()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self.boot, name="agent-boot", daemon=True)
+        thread.start()
+        return thread
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        self._booted.wait(timeout)
+        return self.status is AgentStatus.OK
+
+    @property
+    def status(self) -> AgentStatus:
+        if self.runtime.state is ModelState.ERROR or self.boot_error:
+            return AgentStatus.ERROR
+        if self.runtime.state is ModelState.READY and self.memory.ready:
+            return AgentStatus.OK
+        return AgentStatus.LOADING
+
+    @property
+    def error(self) -> str | None:
+        return self.runtime.error or self.boot_error
+
+    def close(self) -> None:
+        """Make memory durable (index written, WAL checkpointed) and close the database."""
+        self.memory.close()

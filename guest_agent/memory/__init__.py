@@ -1,0 +1,1 @@
+"""Agent memory: SQLite is the source of truth, the FAISS index is derived from it."""

@@ -1,0 +1,51 @@
+"""Memory as the host sees it: resident QEMU processes against the RAM budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psutil
+
+from orchestrator.config import Settings
+from orchestrator.hypervisor import Hypervisor
+from orchestrator.models import VMRecord
+
+MIB = 1024 * 1024
+
+
+def qemu_rss_mib(hv: Hypervisor, domain_name: str) -> int:
+    """Resident memory of the domain's QEMU process (psutil; libvirt's stats as fallback)."""
+    pid = hv.qemu_pid(domain_name)
+    if pid is not None:
+        try:
+            return int(psutil.Process(pid).memory_info().rss // MIB)
+        except psutil.Error:
+            pass
+    return hv.memory_stats(domain_name).get("rss", 0) // 1024
+
+
+def projected_mib(record: VMRecord, settings: Settings) -> int:
+    """What a VM may take once it runs: its RAM plus QEMU's own overhead."""
+    return record.memory_mib + settings.qemu_overhead_mib
+
+
+@dataclass(frozen=True)
+class BudgetView:
+    limit_mib: int
+    resident_mib: dict[str, int]  # VM name -> RSS of its QEMU process
+
+    @property
+    def used_mib(self) -> int:
+        return sum(self.resident_mib.values())
+
+    def fits(self, extra_mib: int) -> bool:
+        return self.used_mib + extra_mib <= self.limit_mib
+
+
+def measure(hv: Hypervisor, records: list[VMRecord], settings: Settings) -> BudgetView:
+    """RSS of every VM whose QEMU process exists (running or paused)."""
+    resident = {}
+    for record in records:
+        if hv.qemu_pid(record.domain_name) is not None or hv.is_active(record.domain_name):
+            resident[record.name] = qemu_rss_mib(hv, record.domain_name)
+    return BudgetView(settings.memory_budget_mib, resident)

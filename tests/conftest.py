@@ -1,0 +1,72 @@
+"""Fixtures for lifecycle tests on libvirt's test driver (tests/vm overrides them with real VMs)."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from images.catalog import ImageManifest, image_dir
+from orchestrator.config import Settings
+from orchestrator.hypervisor import Hypervisor
+from orchestrator.vms import VMService
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(
+        home=tmp_path / "home",
+        cache=tmp_path / "cache",
+        libvirt_uri="test:///default",
+        accel="tcg",
+        domain_prefix=f"unit-{uuid.uuid4().hex[:6]}-",
+        port_range_start=46000,
+        port_range_end=46999,
+        min_free_disk_mib=1,
+    )
+
+
+@pytest.fixture
+def image(settings: Settings) -> ImageManifest:
+    """A tiny but real qcow2 base with a manifest, as the builder would leave it."""
+    recipe = "ab" * 32
+    folder = image_dir(settings, recipe)
+    folder.mkdir(parents=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", str(folder / "disk.qcow2"), "64M"], check=True
+    )
+    for name in ("vmlinuz", "initrd.img"):
+        (folder / name).write_bytes(b"x")
+    manifest = ImageManifest(
+        name="unit",
+        recipe_hash=recipe,
+        base_hash="cd" * 32,
+        created_at=datetime.now(UTC),
+        path=folder,
+        disk=folder / "disk.qcow2",
+        kernel=folder / "vmlinuz",
+        initrd=folder / "initrd.img",
+        kernel_cmdline="root=/dev/vda",
+        disk_bytes=1,
+        virtual_size_bytes=64 << 20,
+        debian_suite="bookworm",
+        packages=[],
+        guest_requirements=[],
+        build_seconds=0.0,
+    )
+    manifest.write(folder)
+    return manifest
+
+
+@pytest.fixture
+def service(settings: Settings, image: ImageManifest) -> Iterator[VMService]:
+    svc = VMService(settings, Hypervisor(settings.libvirt_uri))
+    yield svc
+    for name in svc.hv.domain_names(settings.domain_prefix):
+        svc.hv.undefine(name)
+
+

@@ -1,0 +1,203 @@
+"""Memory: SQLite truth + FAISS index, on real SmolLM2 embeddings."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from guest_agent.memory.manager import MemoryManager, MemoryNotFound, content_hash, new_record
+from guest_agent.protocol import (
+    IndexKind,
+    MemoryCreate,
+    MemoryImportance,
+    MemorySearchRequest,
+    MemoryType,
+)
+from guest_agent.runtime import ModelRuntime
+from tests.unit.conftest import AUTH
+
+FACTS = {
+    "dog": "The user's dog is named Biscuit.",
+    "deadline": "The project deadline is the end of March.",
+    "paris": "Paris is the capital of France.",
+    "python": "The user prefers Python over JavaScript for scripting.",
+    "revenue": "Quarterly revenue grew by 12 percent.",
+}
+QUERIES = {
+    "dog": "What is my dog called?",
+    "deadline": "When is the project due?",
+    "python": "Which language do I like for scripts?",
+    "revenue": "How much did revenue increase?",
+    "paris": "capital city of France",
+}
+
+
+def open_memory(
+    path: Path, runtime: ModelRuntime, kind: IndexKind = IndexKind.FLAT
+) -> MemoryManager:
+    memory = MemoryManager(path, kind)
+    memory.attach(runtime)
+    return memory
+
+
+def fill(memory: MemoryManager) -> dict[str, str]:
+    ids = {}
+    for key, text in FACTS.items():
+        ids[key] = memory.add(MemoryCreate(content=text)).memory.memory_id
+    return ids
+
+
+def top(memory: MemoryManager, query: str, **kw: object) -> str | None:
+    hits = memory.search(MemorySearchRequest(query=query, top_k=1, **kw))  # type: ignore[arg-type]
+    return hits[0].memory.memory_id if hits else None
+
+
+@pytest.mark.parametrize("kind", [IndexKind.FLAT, IndexKind.HNSW])
+def test_search_finds_by_meaning(tmp_path: Path, runtime: ModelRuntime, kind: IndexKind) -> None:
+    memory = open_memory(tmp_path, runtime, kind)
+    ids = fill(memory)
+    for key, query in QUERIES.items():
+        assert top(memory, query) == ids[key], query
+
+
+def test_get_by_id_and_dedup(tmp_path: Path, runtime: ModelRuntime) -> None:
+    memory = open_memory(tmp_path, runtime)
+    first = memory.add(
+        MemoryCreate(content="Biscuit  is the dog.", importance=MemoryImportance.LOW)
+    )
+    again = memory.add(
+        MemoryCreate(content=" Biscuit is the dog. ", importance=MemoryImportance.HIGH)
+    )
+    assert not first.deduplicated and again.deduplicated
+    assert again.memory.memory_id == first.memory.memory_id
+    stored = memory.get(first.memory.memory_id)
+    assert stored.importance is MemoryImportance.HIGH  # a duplicate may raise importance
+    assert stored.content_hash == content_hash("Biscuit is the dog.")
+    assert memory.store.count() == 1 and memory.index_size == 1
+    with pytest.raises(MemoryNotFound):
+        memory.get("no-such-id")
+
+
+def test_type_and_importance_filters(tmp_path: Path, runtime: ModelRuntime) -> None:
+    memory = open_memory(tmp_path, runtime)
+    doc = memory.add(MemoryCreate(content=FACTS["dog"], memory_type=MemoryType.DOCUMENT))
+    note = memory.add(
+        MemoryCreate(
+            content="Biscuit the dog likes long walks.",
+            memory_type=MemoryType.CORE_FACT,
+            importance=MemoryImportance.CRITICAL,
+        )
+    )
+    others = {
+        key: memory.add(MemoryCreate(content=FACTS[key], memory_type=MemoryType.CONVERSATION))
+        for key in ("deadline", "python", "revenue")
+    }
+    query = QUERIES["dog"]
+    assert top(memory, query, memory_types=[MemoryType.CORE_FACT]) == note.memory.memory_id
+    assert top(memory, query, memory_types=[MemoryType.DOCUMENT]) == doc.memory.memory_id
+    assert top(memory, query, min_importance=MemoryImportance.CRITICAL) == note.memory.memory_id
+    revenue = top(memory, QUERIES["revenue"], memory_types=[MemoryType.CONVERSATION])
+    assert revenue == others["revenue"].memory.memory_id
+    assert top(memory, query, memory_types=[MemoryType.DEV_SESSION]) is None
+
+
+def test_survives_restart_and_reuses_saved_index(tmp_path: Path, runtime: ModelRuntime) -> None:
+    memory = open_memory(tmp_path, runtime)
+    ids = fill(memory)
+    memory.close()  # flushes: index written, WAL checkpointed
+    again = open_memory(tmp_path, runtime)
+    assert not again.rebuilt_on_attach
+    assert again.get(ids["dog"]).content == FACTS["dog"]
+    assert top(again, QUERIES["deadline"]) == ids["deadline"]
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt", "stale"])
+def test_index_rebuilt_from_sqlite(tmp_path: Path, runtime: ModelRuntime, damage: str) -> None:
+    memory = open_memory(tmp_path, runtime)
+    ids = fill(memory)
+    memory.flush()
+    if damage == "delete":
+        memory.index_path.unlink()
+    elif damage == "corrupt":
+        memory.index_path.write_bytes(b"not a faiss index" * 10)
+    else:  # written after the last flush, then the agent died: the saved index is behind
+        ids["late"] = memory.add(
+            MemoryCreate(content="The boat is painted green.")
+        ).memory.memory_id
+    memory.store.close()  # no flush: simulates a crash
+    again = open_memory(tmp_path, runtime)
+    assert again.rebuilt_on_attach
+    assert again.index_size == len(ids)
+    assert top(again, QUERIES["python"]) == ids["python"]
+    if damage == "stale":
+        assert top(again, "What colour is the boat?") == ids["late"]
+
+
+def test_delete_and_retention(tmp_path: Path, runtime: ModelRuntime) -> None:
+    memory = open_memory(tmp_path, runtime)
+    ids = fill(memory)
+    memory.delete(ids["dog"])
+    assert top(memory, QUERIES["dog"]) != ids["dog"]
+    old = time.time() - 2 * 86400  # a temporary memory lives 1 day after its last use
+    stale = new_record(
+        MemoryCreate(content="Scratch value 41.", importance=MemoryImportance.TEMPORARY), old
+    )
+    kept = new_record(MemoryCreate(content="Core rule.", importance=MemoryImportance.CRITICAL), old)
+    assert (
+        kept.expires_at is None and stale.expires_at is not None and stale.expires_at < time.time()
+    )
+    assert memory.add_records([stale, kept]) == (2, 0)
+    assert memory.flush().expired_purged == 1
+    with pytest.raises(MemoryNotFound):
+        memory.get(stale.memory_id)
+    assert memory.get(kept.memory_id).content == "Core rule."
+
+
+def test_export_import_round_trip(tmp_path: Path, runtime: ModelRuntime) -> None:
+    source = open_memory(tmp_path / "a", runtime)
+    ids = fill(source)
+    lines = list(source.export_lines())
+    assert len(lines) == len(FACTS) and all(json.loads(line)["memory_id"] for line in lines)
+    target = open_memory(tmp_path / "b", runtime)
+    result = target.import_lines(lines)
+    assert (result.imported, result.deduplicated) == (len(FACTS), 0)
+    assert target.get(ids["dog"]).content == FACTS["dog"]  # ids survive the trip
+    assert top(target, QUERIES["revenue"]) == ids["revenue"]
+    again = target.import_lines(lines)
+    assert (again.imported, again.deduplicated) == (0, len(FACTS))
+    with pytest.raises(ValueError, match="line 1"):
+        target.import_lines(['{"content": "no id"}'])
+
+
+def test_memory_endpoints(client: TestClient) -> None:
+    r = client.post(
+        "/memory", json={"content": FACTS["dog"], "memory_type": "core_fact"}, headers=AUTH
+    )
+    assert r.status_code == 200, r.text
+    memory_id = r.json()["memory"]["memory_id"]
+    assert client.post("/memory", json={"content": FACTS["dog"]}, headers=AUTH).json()[
+        "deduplicated"
+    ]
+    for text in list(FACTS.values())[1:]:
+        client.post("/memory", json={"content": text}, headers=AUTH)
+    got = client.get(f"/memory/{memory_id}", headers=AUTH).json()
+    assert got["content"] == FACTS["dog"] and got["memory_type"] == "core_fact"
+    hits = client.post("/memory/search", json={"query": QUERIES["dog"], "top_k": 3}, headers=AUTH)
+    assert hits.json()["hits"][0]["memory"]["memory_id"] == memory_id
+    listed = client.get("/memory", params={"limit": 2}, headers=AUTH).json()
+    assert listed["total"] == len(FACTS) and len(listed["memories"]) == 2
+    exported = client.get("/memory/export", headers=AUTH)
+    assert exported.headers["content-type"].startswith("application/x-ndjson")
+    assert len(exported.text.splitlines()) == len(FACTS)
+    imported = client.post("/memory/import", content=exported.text, headers=AUTH).json()
+    assert imported == {"imported": 0, "deduplicated": len(FACTS)}
+    assert client.post("/memory/import", content="{bad", headers=AUTH).status_code == 400
+    flushed = client.post("/memory/flush", headers=AUTH).json()
+    assert flushed["memories"] == flushed["index_size"] == len(FACTS)
+    assert client.delete(f"/memory/{memory_id}", headers=AUTH).json()["deleted"]
+    assert client.get(f"/memory/{memory_id}", headers=AUTH).status_code == 404
+    assert client.delete(f"/memory/{memory_id}", headers=AUTH).status_code == 404

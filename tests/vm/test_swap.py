@@ -1,0 +1,213 @@
+"""Hot-swap with real VMs: single-active, the budget, kill -9 mid-swap, a corrupt
+save file, a dead QEMU process, snapshots.
+
+Two VMs are booted once for the module; the tests run in file order.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from guest_agent.protocol import Subsystem
+from images.catalog import ImageManifest
+from orchestrator.budget import qemu_rss_mib
+from orchestrator.config import SwapPolicy
+from orchestrator.models import SwapOutcome, VMState
+from orchestrator.swap import FAULT_ENV, SwapEngine
+from orchestrator.vms import VMService
+
+pytestmark = pytest.mark.vm
+
+A, B = "swap-a", "swap-b"
+MEMORY_MIB = 768
+
+
+@pytest.fixture(scope="module")
+def pair(service: VMService, image: ImageManifest) -> Iterator[tuple[str, str]]:
+    """Two VMs booted side by side, each with a marker file and a long-lived process."""
+    service.create(A, Subsystem.CHAT, memory_mib=MEMORY_MIB, wait=False)
+    service.create(B, Subsystem.RESEARCH, memory_mib=MEMORY_MIB, wait=False)
+    for name in (A, B):
+        print(name, service.wait_ready(name))
+        marker = f"echo {name}-data > ~/marker && sync"
+        assert service.run(name, marker).exit_code == 0
+        # A process that only survives a restore from RAM, never a cold boot.
+        service.run(name, "nohup sleep 86400 >/dev/null 2>&1 & echo $! > ~/sleeper.pid")
+    yield A, B
+    for name in (A, B):
+        if service.store.find_vm(name):
+            service.delete(name)
+
+
+def engine(service: VMService) -> SwapEngine:
+    return SwapEngine(service)
+
+
+def running(service: VMService) -> set[str]:
+    return {n for n in (A, B) if service.hv.is_running(service.domain_name(n))}
+
+
+def memory_kept(service: VMService, name: str) -> bool:
+    """True when the VM's RAM survived (the sleeper process still lives)."""
+    result = service.run(name, "kill -0 $(cat ~/sleeper.pid) && cat ~/marker")
+    return result.exit_code == 0 and result.stdout.strip() == f"{name}-data"
+
+
+@contextmanager
+def sampling(service: VMService, sample: callable) -> Iterator[list[object]]:  # type: ignore[valid-type]
+    """Call ``sample`` every 50 ms in a thread while the block runs."""
+    samples: list[object] = []
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            samples.append(sample())
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield samples
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_single_active_a_b_a_keeps_one_running_and_state_intact(
+    service: VMService, pair: tuple[str, str]
+) -> None:
+    swap = engine(service)
+    swap.activate(A, settle_in_background=False)
+    assert running(service) == {A}
+    with sampling(service, lambda: running(service)) as samples:
+        to_b = swap.activate(B, settle_in_background=False)
+        back = swap.activate(A, settle_in_background=False)
+    assert to_b.path == "restored" and back.path == "restored"
+    assert samples and all(len(s) <= 1 for s in samples), samples  # type: ignore[arg-type]
+    assert service.store.get_vm(B).state is VMState.SAVED
+    assert memory_kept(service, A)
+    assert service.hv.has_managed_save(service.domain_name(B))
+
+
+def test_status_reports_foreground_tiers_and_budget(service: VMService,
+                                                    pair: tuple[str, str]) -> None:
+    view = engine(service).status()
+    assert view.foreground == A and view.policy == "single-active"
+    tiers = {v.name: v.tier for v in view.vms}
+    assert tiers == {A: "foreground", B: "saved"}
+    assert 0 < view.budget_used_mib <= view.budget_limit_mib
+
+
+def test_budget_is_never_exceeded_while_swapping(service: VMService,
+                                                 pair: tuple[str, str]) -> None:
+    settings = service.settings
+    old = (settings.policy, settings.memory_budget_mib)
+    # Room for one resident VM and the next one's projection, not for two resident VMs.
+    settings.policy = SwapPolicy.BUDGET
+    resident_a = qemu_rss_mib(service.hv, service.domain_name(A))
+    settings.memory_budget_mib = resident_a + MEMORY_MIB + settings.qemu_overhead_mib + 64
+    try:
+        swap = engine(service)
+
+        def total() -> int:
+            return sum(qemu_rss_mib(service.hv, service.domain_name(n)) for n in (A, B)
+                       if service.hv.is_active(service.domain_name(n)))
+
+        with sampling(service, total) as samples:
+            for target in (B, A, B, A):
+                swap.activate(target, settle_in_background=False)
+        peak = max(samples)  # type: ignore[type-var]
+        assert peak <= settings.memory_budget_mib, (peak, settings.memory_budget_mib)
+        assert memory_kept(service, A)
+    finally:
+        settings.policy, settings.memory_budget_mib = old
+        engine(service).settle()
+
+
+@pytest.mark.parametrize("phase", ["from_paused", "to_started", "to_ready"])
+def test_killed_mid_swap_the_next_command_reconciles(
+    service: VMService, pair: tuple[str, str], vm_env: dict[str, str], phase: str
+) -> None:
+    current = service.store.foreground()
+    target = B if current == A else A
+    killed = subprocess.run(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "activate", target],
+        env={**os.environ, **vm_env, FAULT_ENV: phase}, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert service.store.open_swaps() != []  # the ledger shows the interrupted swap
+
+    status = subprocess.run(
+        [sys.executable, "-c", "from orchestrator.cli import main; main()", "status", "--json"],
+        env={**os.environ, **vm_env}, capture_output=True, text=True, timeout=600,
+    )
+    assert status.returncode == 0, status.stderr
+    assert service.store.open_swaps() == []
+    last = service.store.swaps(1)[0]
+    expected = SwapOutcome.ROLLED_BACK if phase == "from_paused" else SwapOutcome.DONE
+    assert last.outcome is expected
+    foreground = service.store.foreground()
+    assert foreground == (current if expected is SwapOutcome.ROLLED_BACK else target)
+    assert running(service) == {foreground}  # no VM lost, none running twice
+    engine(service).settle()
+    assert memory_kept(service, foreground)  # type: ignore[arg-type]
+
+
+def test_corrupt_save_file_falls_back_to_cold_boot_with_data_intact(
+    service: VMService, pair: tuple[str, str]
+) -> None:
+    swap = engine(service)
+    swap.activate(A, settle_in_background=False)
+    domain_b = service.domain_name(B)
+    assert service.hv.has_managed_save(domain_b)
+    save_file = service.hv.managed_save_path(domain_b)
+    with open(save_file, "r+b") as handle:  # scribble over the migration stream
+        handle.seek(2 << 20)
+        handle.write(os.urandom(1 << 20))
+    warnings: list[str] = []
+    result = swap.activate(B, progress=warnings.append, settle_in_background=False)
+    assert result.path == "cold-boot-after-bad-save"
+    assert any("restore of 'swap-b' failed" in w for w in warnings)
+    marker = service.run(B, "cat ~/marker")
+    assert marker.stdout.strip() == f"{B}-data"  # the disk survived; only RAM was lost
+    service.run(B, "nohup sleep 86400 >/dev/null 2>&1 & echo $! > ~/sleeper.pid")
+
+
+def test_dead_qemu_is_detected_and_restarted(service: VMService,
+                                            pair: tuple[str, str]) -> None:
+    foreground = service.store.foreground()
+    assert foreground == B
+    pid = service.hv.qemu_pid(service.domain_name(B))
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while service.hv.is_active(service.domain_name(B)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    notes = engine(service).recover()
+    assert notes == [f"{B}: QEMU had died; restarted (cold boot)"]
+    reasons = [h.reason for h in service.store.history(B)]
+    assert "QEMU process died" in reasons and reasons[-1] == "restarted after crash"
+    service.wait_ready(B)
+    assert service.run(B, "cat ~/marker").stdout.strip() == f"{B}-data"
+
+
+def test_snapshot_create_revert_delete(service: VMService, pair: tuple[str, str]) -> None:
+    snap = service.snapshot_create(B, "before", "a test")
+    assert snap.state == "running"  # taken with memory
+    assert service.run(B, "echo changed > ~/marker && sync").exit_code == 0
+    assert service.snapshot_revert(B, "before") is VMState.RUNNING
+    engine(service)._wait_agent(service.store.get_vm(B), timeout_s=60)
+    assert service.run(B, "cat ~/marker").stdout.strip() == f"{B}-data"
+    assert [s.name for s in service.snapshot_list(B)] == ["before"]
+    service.snapshot_delete(B, "before")
+    assert service.snapshot_list(B) == []
