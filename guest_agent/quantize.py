@@ -15,7 +15,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from guest_agent.gguf import is_gguf, read_metadata
+from guest_agent.gguf import MetaValue, is_gguf, read_metadata
 from guest_agent.protocol import ModelFormat
 
 log = logging.getLogger(__name__)
@@ -102,11 +102,16 @@ def _supported() -> str:
     )
 
 
-def file_type_name(path: Path) -> str | None:
-    """The GGUF file's llama.cpp file type (e.g. ``Q4_1``), if it is a known one."""
-    value = read_metadata(path).get("general.file_type")
+def file_type_of(meta: dict[str, MetaValue]) -> str | None:
+    """The llama.cpp file type (e.g. ``Q4_1``) named by GGUF metadata, if it is a known one."""
+    value = meta.get("general.file_type")
     by_id = {ftype: name for name, (ftype, _) in FILE_TYPES.items()}
     return by_id.get(int(value)) if isinstance(value, int) else None
+
+
+def file_type_name(path: Path) -> str | None:
+    """The GGUF file's llama.cpp file type."""
+    return file_type_of(read_metadata(path))
 
 
 def target_file_type(bits: int) -> str:

@@ -22,7 +22,7 @@ from llama_cpp.llama_types import CreateCompletionStreamResponse
 from guest_agent.gguf import context_length, read_metadata
 from guest_agent.models_dir import bundled_model_dir
 from guest_agent.protocol import AIModelConfiguration, ModelState, ModelStatus
-from guest_agent.quantize import ensure_bits, file_type_name, require_gguf
+from guest_agent.quantize import ensure_bits, file_type_of, require_gguf
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class ModelRuntime:
                 config=cfg,
                 loaded_path=str(path),
                 source_path=str(source),
-                file_type=file_type_name(path),
+                file_type=file_type_of(meta),
                 quantized_from=quantized_from,
                 n_ctx=llm.n_ctx(),
                 n_ctx_train=n_ctx_train,

@@ -1,69 +1,149 @@
-"""Talk to a guest agent through its loopback port forward."""
+"""Talk to a guest agent through its loopback port forward.
+
+Request and response bodies are the agent's own models (guest_agent.protocol).
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from guest_agent.protocol import (
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
     ClockRequest,
     ClockResponse,
     HealthResponse,
     InfoResponse,
+    MemoryAddResponse,
+    MemoryCreate,
     MemoryFlushResponse,
+    MemoryImportResponse,
+    MemoryListResponse,
+    MemorySearchRequest,
+    MemorySearchResponse,
+    MemoryType,
+    PromptInspection,
 )
 from orchestrator.errors import GuestError
 
 T = TypeVar("T", bound=BaseModel)
 
+# A 135M model under TCG answers in seconds, a big GGUF in minutes.
+CHAT_TIMEOUT_S = 600.0
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        return str(body.get("error") or body.get("detail") or body)[:300]
+    except ValueError:
+        return response.text[:300]
+
 
 class AgentClient:
-    """Typed calls to one VM's agent; the response models are the agent's own."""
+    """Typed calls to one VM's agent."""
 
     def __init__(self, port: int, token: str, host: str = "127.0.0.1") -> None:
         self.base_url = f"http://{host}:{port}"
-        self.token = token
+        self.headers = {"Authorization": f"Bearer {token}"}
 
-    def _get(self, path: str, model: type[T], timeout_s: float) -> T:
-        return self._request("GET", path, model, timeout_s)
-
-    def _post(self, path: str, body: BaseModel | None, model: type[T], timeout_s: float) -> T:
-        return self._request("POST", path, model, timeout_s, body)
-
-    def _request(self, method: str, path: str, model: type[T], timeout_s: float,
-                 body: BaseModel | None = None) -> T:
+    def _send(self, method: str, path: str, timeout_s: float, *, body: BaseModel | None = None,
+              content: str | None = None, params: dict[str, str | int] | None = None,
+              ) -> httpx.Response:
         try:
             response = httpx.request(
-                method,
-                self.base_url + path,
-                headers={"Authorization": f"Bearer {self.token}"},
-                content=body.model_dump_json() if body is not None else None,
+                method, self.base_url + path, headers=self.headers, params=params,
+                content=body.model_dump_json() if body is not None else content,
                 timeout=timeout_s,
             )
         except httpx.HTTPError as exc:
             raise GuestError(f"agent at {self.base_url} unreachable: {exc}") from exc
         if response.status_code != 200:
-            raise GuestError(
-                f"agent {path} answered {response.status_code}: {response.text[:200]}"
-            )
+            raise GuestError(f"agent {path} answered {response.status_code}: "
+                             f"{_error_text(response)}")
+        return response
+
+    def _call(self, method: str, path: str, model: type[T], timeout_s: float, *,
+              body: BaseModel | None = None, content: str | None = None,
+              params: dict[str, str | int] | None = None) -> T:
+        response = self._send(method, path, timeout_s, body=body, content=content, params=params)
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
             raise GuestError(f"agent {path} sent an unexpected body: {exc}") from exc
 
+    # -- status -------------------------------------------------------------------------
+
     def health(self, timeout_s: float = 5.0) -> HealthResponse:
-        return self._get("/health", HealthResponse, timeout_s)
+        return self._call("GET", "/health", HealthResponse, timeout_s)
 
     def info(self, timeout_s: float = 10.0) -> InfoResponse:
-        return self._get("/info", InfoResponse, timeout_s)
+        return self._call("GET", "/info", InfoResponse, timeout_s)
 
     def flush(self, timeout_s: float = 10.0) -> MemoryFlushResponse:
         """Ask the agent to write memory and state to disk (before a save)."""
-        return self._post("/memory/flush", None, MemoryFlushResponse, timeout_s)
+        return self._call("POST", "/memory/flush", MemoryFlushResponse, timeout_s)
 
     def sync_clock(self, timeout_s: float = 5.0) -> ClockResponse:
         """Set the guest clock to the host's (after a restore)."""
-        return self._post("/clock", ClockRequest(epoch=time.time()), ClockResponse, timeout_s)
+        return self._call("POST", "/clock", ClockResponse, timeout_s,
+                          body=ClockRequest(epoch=time.time()))
+
+    # -- chat ---------------------------------------------------------------------------
+
+    def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        body = request.model_copy(update={"stream": False})
+        return self._call("POST", "/v1/chat/completions", ChatCompletionResponse,
+                          CHAT_TIMEOUT_S, body=body)
+
+    def chat_stream(self, request: ChatCompletionRequest) -> Iterator[ChatCompletionChunk]:
+        """Server-sent chunks as they come; the last carries usage and the Somnus report."""
+        body = request.model_copy(update={"stream": True}).model_dump_json()
+        try:
+            with httpx.stream("POST", self.base_url + "/v1/chat/completions",
+                              headers=self.headers, content=body,
+                              timeout=CHAT_TIMEOUT_S) as response:
+                if response.status_code != 200:
+                    response.read()
+                    raise GuestError(f"agent chat answered {response.status_code}: "
+                                     f"{_error_text(response)}")
+                for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        return
+                    yield ChatCompletionChunk.model_validate_json(data)
+        except httpx.HTTPError as exc:
+            raise GuestError(f"agent chat stream broke: {exc}") from exc
+
+    def last_prompt(self) -> PromptInspection:
+        return self._call("GET", "/prompt/last", PromptInspection, 10.0)
+
+    # -- memory -------------------------------------------------------------------------
+
+    def memory_add(self, item: MemoryCreate) -> MemoryAddResponse:
+        return self._call("POST", "/memory", MemoryAddResponse, 120.0, body=item)
+
+    def memory_search(self, request: MemorySearchRequest) -> MemorySearchResponse:
+        return self._call("POST", "/memory/search", MemorySearchResponse, 120.0, body=request)
+
+    def memory_list(self, offset: int = 0, limit: int = 100,
+                    memory_type: MemoryType | None = None) -> MemoryListResponse:
+        params: dict[str, str | int] = {"offset": offset, "limit": limit}
+        if memory_type is not None:
+            params["memory_type"] = memory_type.value
+        return self._call("GET", "/memory", MemoryListResponse, 30.0, params=params)
+
+    def memory_export(self) -> str:
+        """Every memory as JSON lines (the import format)."""
+        return self._send("GET", "/memory/export", 120.0).text
+
+    def memory_import(self, jsonl: str) -> MemoryImportResponse:
+        return self._call("POST", "/memory/import", MemoryImportResponse, 600.0, content=jsonl)

@@ -15,6 +15,7 @@ __all__ = [
     "SwapOutcome",
     "SwapPhase",
     "SwapRecord",
+    "SystemCache",
     "VMRecord",
     "VMState",
     "utcnow",
@@ -105,3 +106,15 @@ class SwapRecord(SQLModel, table=True):
     started_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     detail: str = ""
+
+
+class SystemCache(SQLModel, table=True):
+    """Per-VM host-side cache, so a conversation continues after the VM was swapped out."""
+
+    __tablename__ = "system_cache"
+
+    vm_name: str = Field(primary_key=True)
+    conversation_id: str
+    last_prompt: str = ""
+    last_answer: str = ""
+    updated_at: datetime = Field(default_factory=utcnow)

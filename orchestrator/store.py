@@ -16,6 +16,7 @@ from orchestrator.models import (
     SwapOutcome,
     SwapPhase,
     SwapRecord,
+    SystemCache,
     VMRecord,
     VMState,
     utcnow,
@@ -149,3 +150,15 @@ class Store:
                 exists = s.exec(select(VMRecord).where(VMRecord.name == swap.to_vm)).first()
                 return swap.to_vm if exists else None
             return None
+
+    # -- per-VM system cache ----------------------------------------------------------------
+
+    def cache(self, vm_name: str) -> SystemCache | None:
+        with self.session() as s:
+            return s.get(SystemCache, vm_name)
+
+    def save_cache(self, entry: SystemCache) -> None:
+        with self.session() as s:
+            entry.updated_at = utcnow()
+            s.merge(entry)
+            s.commit()

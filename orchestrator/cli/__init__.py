@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from orchestrator.cli.chat import chat, memory_app, prompt_app
 from orchestrator.cli.common import err
 from orchestrator.cli.demo import demo
 from orchestrator.cli.image import image_app
@@ -28,6 +29,9 @@ app.add_typer(session_app, name="session")
 app.command()(demo)
 app.command()(activate)
 app.command()(status)
+app.command()(chat)
+app.add_typer(memory_app, name="memory")
+app.add_typer(prompt_app, name="prompt")
 vm_app.add_typer(snapshot_app, name="snapshot")
 
 

@@ -22,8 +22,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
-def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
-        *args: str, stdin: str = "") -> tuple[int, str, str]:
+def run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str, stdin: str = ""
+) -> tuple[int, str, str]:
     """Run ``somnus session ARGS`` in-process; exit code, stdout, stderr."""
     monkeypatch.setattr(sys, "argv", ["somnus", "session", *args])
     monkeypatch.setattr(sys, "stdin", _Stdin(stdin))
@@ -49,28 +50,49 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
         code, out, err = run(capsys, monkeypatch, *args, stdin=stdin)
         assert code == expect, (code, out, err)
         return out if expect == 0 else err
+
     return call
 
 
 def test_turns_show_log_and_json(cli: Cli) -> None:
     created = json.loads(cli("new", "--title", "CLI [demo]", "--user", "ann", "--json"))
     sid = created["dev_session_id"]
-    assert (created["title"], created["status"], created["user_id"]) == ("CLI [demo]", "active",
-                                                                         "ann")
-    out = cli("turn", sid[:6], "--prompt", "start", "--answer-file", "-",
-              stdin="Here:\n```python app.py\nprint(1)\n```\n")
+    assert (created["title"], created["status"], created["user_id"]) == (
+        "CLI [demo]",
+        "active",
+        "ann",
+    )
+    out = cli(
+        "turn",
+        sid[:6],
+        "--prompt",
+        "start",
+        "--answer-file",
+        "-",
+        stdin="Here:\n```python app.py\nprint(1)\n```\n",
+    )
     assert out.strip() == "created app.py (python, version 1, +1 -0)"
-    turn = json.loads(cli("turn", sid, "--prompt", "more", "--json",
-                          "--answer", "```python app.py\nprint(2)\n```"))
+    turn = json.loads(
+        cli(
+            "turn", sid, "--prompt", "more", "--json", "--answer", "```python app.py\nprint(2)\n```"
+        )
+    )
     assert turn["changes"][0]["block"]["version"] == 2
     shown = json.loads(cli("show", sid, "--json"))
     assert [(b["path"], b["version"], b["content"]) for b in shown["code_blocks"]] == [
-        ("app.py", 2, "print(2)\n")]
+        ("app.py", 2, "print(2)\n")
+    ]
     assert shown["summary"]["event_count"] == 7
     log = json.loads(cli("log", sid, "--json"))
     assert [e["event_type"] for e in log] == [
-        "session_start", "user_prompt", "ai_response", "code_block_created",
-        "user_prompt", "ai_response", "code_block_modified"]
+        "session_start",
+        "user_prompt",
+        "ai_response",
+        "code_block_created",
+        "user_prompt",
+        "ai_response",
+        "code_block_modified",
+    ]
     listed = json.loads(cli("list", "--json"))
     assert [s["dev_session_id"] for s in listed] == [sid]
     assert "CLI [demo]" in cli("list") and "app.py" in cli("show", sid[:8])
@@ -79,12 +101,21 @@ def test_turns_show_log_and_json(cli: Cli) -> None:
 def test_diff_applies_and_rollback_adds_a_version(cli: Cli, tmp_path: Path) -> None:
     sid = json.loads(cli("new", "--json"))["dev_session_id"]
     cli("turn", sid, "--prompt", "p", "--answer", "```sh\necho 1\n```")
-    cli("turn", sid, "--prompt", "p", "--answer", "```sh\necho 2\necho ü\n```",
-        "--target", "block-1.sh")
+    cli(
+        "turn",
+        sid,
+        "--prompt",
+        "p",
+        "--answer",
+        "```sh\necho 2\necho ü\n```",
+        "--target",
+        "block-1.sh",
+    )
     diff = cli("diff", sid, "block-1.sh")
     assert apply_patch(tmp_path, "echo 1\n", diff) == "echo 2\necho ü\n"
     assert cli("rollback", sid, "block-1.sh", "--to", "1").strip() == (
-        "block-1.sh rolled back to version 1, saved as version 3 (+1 -2)")
+        "block-1.sh rolled back to version 1, saved as version 3 (+1 -2)"
+    )
     assert cli("diff", sid, "block-1.sh", "--from", "1", "--to", "3") == ""
     assert json.loads(cli("show", sid, "--json"))["code_blocks"][0]["version"] == 3
 
@@ -101,7 +132,8 @@ def test_status_commands_and_refusals_have_exit_codes(cli: Cli) -> None:
     assert "archived" in cli("archive", short)
     assert "cannot become active" in cli("resume", short, expect=5)
     assert [s["status"] for s in json.loads(cli("list", "--status", "archived", "--json"))] == [
-        "archived"]
+        "archived"
+    ]
     assert json.loads(cli("list", "--status", "active", "--json")) == []
 
 
@@ -110,16 +142,26 @@ def test_bad_references_and_arguments(cli: Cli) -> None:
     sid = json.loads(cli("new", "--json"))["dev_session_id"]
     assert "exactly one of --answer" in cli("turn", sid, "--prompt", "p", expect=2)
     assert "no code block matches" in cli("diff", sid, "nope.py", expect=3)
-    assert "cannot read" in cli("turn", sid, "--prompt", "p", "--answer-file", "/no/such",
-                                expect=2)
+    assert "cannot read" in cli("turn", sid, "--prompt", "p", "--answer-file", "/no/such", expect=2)
     assert json.loads(cli("list", "--user", "nobody", "--json")) == []
 
 
 def test_installed_command_reports_errors_on_one_line(home: Path) -> None:
     env = {"SOMNUS_HOME": str(home), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", "from orchestrator.cli import main; main()",
-                           "session", "show", "0000"], capture_output=True, text=True, env=env,
-                          check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from orchestrator.cli import main; main()",
+            "session",
+            "show",
+            "0000",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     assert done.returncode == 3
     assert done.stdout == ""
     assert done.stderr.startswith("error: no dev session matches '0000'")

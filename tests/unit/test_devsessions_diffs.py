@@ -16,8 +16,12 @@ def apply_patch(tmp_path: Path, old: str, diff: str) -> str:
     target = tmp_path / "target"
     target.write_bytes(old.encode())
     # --binary: keep \r as data (the diff is byte-exact); -f: never ask questions.
-    subprocess.run(["patch", "--quiet", "--binary", "-f", str(target)], input=diff.encode(),
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["patch", "--quiet", "--binary", "-f", str(target)],
+        input=diff.encode(),
+        check=True,
+        capture_output=True,
+    )
     return target.read_bytes().decode()
 
 
@@ -32,8 +36,10 @@ CASES = {
     "unicode line separators are data": ("a\u2028b\nc\x0cd\n", "a\u2028B\nc\x0cd\n"),
     "carriage returns are data": ("a\r\nb\r\n", "a\r\nB\r\n"),
     "blank lines only": ("\n\n", "\n\n\n"),
-    "far apart edits": ("".join(f"{i}\n" for i in range(40)),
-                        "".join(f"{i if i not in (3, 30) else 'x'}\n" for i in range(40))),
+    "far apart edits": (
+        "".join(f"{i}\n" for i in range(40)),
+        "".join(f"{i if i not in (3, 30) else 'x'}\n" for i in range(40)),
+    ),
 }
 
 
@@ -51,8 +57,9 @@ def test_identical_content_gives_an_empty_diff() -> None:
 
 def test_missing_final_newline_is_marked_as_patch_expects() -> None:
     diff = unified_diff("a\n", "a\nb", "python")
-    assert diff == ("--- a/python\n+++ b/python\n@@ -1 +1,2 @@\n a\n+b\n"
-                    "\\ No newline at end of file\n")
+    assert diff == (
+        "--- a/python\n+++ b/python\n@@ -1 +1,2 @@\n a\n+b\n\\ No newline at end of file\n"
+    )
 
 
 def test_labels_name_both_sides() -> None:
@@ -68,7 +75,8 @@ def test_random_edits_round_trip_through_patch(tmp_path: Path) -> None:
         body = [rng.choice(pieces[:4] + pieces[5:]) for _ in range(rng.randint(0, 12))]
         # A piece without a newline may only come last, as in a real file.
         return "".join(p if p.endswith("\n") else p + "\n" for p in body[:-1]) + (
-            body[-1] if body else "")
+            body[-1] if body else ""
+        )
 
     for _ in range(150):
         old, new = text(), text()

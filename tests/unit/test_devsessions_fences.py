@@ -8,47 +8,57 @@ from orchestrator.devsessions.fences import Fence, parse_fences, render_fence
 
 
 def test_several_fences_in_order_with_exact_content() -> None:
-    answer = ("Set up:\n\n```python\nimport os\n\nprint(os.getcwd())\n```\n\nRun it:\n"
-              "```sh\n$ python main.py\n```\nDone.")
+    answer = (
+        "Set up:\n\n```python\nimport os\n\nprint(os.getcwd())\n```\n\nRun it:\n"
+        "```sh\n$ python main.py\n```\nDone."
+    )
     assert parse_fences(answer) == [
         Fence("python", "import os\n\nprint(os.getcwd())\n"),
         Fence("bash", "$ python main.py\n"),
     ]
 
 
-@pytest.mark.parametrize(("info", "language", "filename"), [
-    ("python main.py", "python", "main.py"),
-    ("py src/app.py", "python", "src/app.py"),
-    ("python:main.py", "python", "main.py"),
-    ('python title="pkg/util.py"', "python", "pkg/util.py"),
-    ("js filename=web/app.js", "javascript", "web/app.js"),
-    ("main.rs", "rust", "main.rs"),
-    ("Dockerfile", "dockerfile", None),  # a language tag far more often than a file
-    ("docker/Dockerfile", "dockerfile", "docker/Dockerfile"),
-    ("c++", "cpp", None),
-    ("", "text", None),
-    ("python {linenos=true}", "python", None),
-    ("python ../../etc/passwd", "python", None),
-    ("python /srv/app.py", "python", "srv/app.py"),
-    ("python ./a/../b.py", "python", "b.py"),
-])
-def test_info_string_gives_language_and_filename(info: str, language: str,
-                                                 filename: str | None) -> None:
+@pytest.mark.parametrize(
+    ("info", "language", "filename"),
+    [
+        ("python main.py", "python", "main.py"),
+        ("py src/app.py", "python", "src/app.py"),
+        ("python:main.py", "python", "main.py"),
+        ('python title="pkg/util.py"', "python", "pkg/util.py"),
+        ("js filename=web/app.js", "javascript", "web/app.js"),
+        ("main.rs", "rust", "main.rs"),
+        ("Dockerfile", "dockerfile", None),  # a language tag far more often than a file
+        ("docker/Dockerfile", "dockerfile", "docker/Dockerfile"),
+        ("c++", "cpp", None),
+        ("", "text", None),
+        ("python {linenos=true}", "python", None),
+        ("python ../../etc/passwd", "python", None),
+        ("python /srv/app.py", "python", "srv/app.py"),
+        ("python ./a/../b.py", "python", "b.py"),
+    ],
+)
+def test_info_string_gives_language_and_filename(
+    info: str, language: str, filename: str | None
+) -> None:
     [fence] = parse_fences(f"```{info}\nx = 1\n```\n")
     assert (fence.language, fence.filename) == (language, filename)
 
 
-@pytest.mark.parametrize(("first_line", "info", "language", "filename", "hint_used"), [
-    ("# file: tools/run.py", "python", "python", "tools/run.py", True),
-    ("// file: index.ts", "ts", "typescript", "index.ts", True),
-    ("-- filename: schema.sql", "", "sql", "schema.sql", True),
-    ("/* file: style.css */", "css", "css", "style.css", True),
-    ("<!-- file: index.html -->", "html", "html", "index.html", True),
-    ("# File:  app.py", "python main.py", "python", "main.py", False),  # conflicting: kept
-    ("# file: main.py", "python main.py", "python", "main.py", True),  # agreeing: removed
-])
-def test_first_line_hint(first_line: str, info: str, language: str, filename: str,
-                         hint_used: bool) -> None:
+@pytest.mark.parametrize(
+    ("first_line", "info", "language", "filename", "hint_used"),
+    [
+        ("# file: tools/run.py", "python", "python", "tools/run.py", True),
+        ("// file: index.ts", "ts", "typescript", "index.ts", True),
+        ("-- filename: schema.sql", "", "sql", "schema.sql", True),
+        ("/* file: style.css */", "css", "css", "style.css", True),
+        ("<!-- file: index.html -->", "html", "html", "index.html", True),
+        ("# File:  app.py", "python main.py", "python", "main.py", False),  # conflicting: kept
+        ("# file: main.py", "python main.py", "python", "main.py", True),  # agreeing: removed
+    ],
+)
+def test_first_line_hint(
+    first_line: str, info: str, language: str, filename: str, hint_used: bool
+) -> None:
     [fence] = parse_fences(f"```{info}\n{first_line}\nbody\n```")
     assert (fence.language, fence.filename) == (language, filename)
     assert fence.content == ("body\n" if hint_used else f"{first_line}\nbody\n")
@@ -61,8 +71,9 @@ def test_hint_only_counts_on_the_first_line() -> None:
 
 
 def test_longer_and_tilde_fences_contain_shorter_ones() -> None:
-    answer = ("````markdown README.md\n# Title\n```bash\nmake\n```\n````\n"
-              "~~~python\nprint('```')\n~~~\n")
+    answer = (
+        "````markdown README.md\n# Title\n```bash\nmake\n```\n````\n~~~python\nprint('```')\n~~~\n"
+    )
     assert parse_fences(answer) == [
         Fence("markdown", "# Title\n```bash\nmake\n```\n", "README.md"),
         Fence("python", "print('```')\n"),

@@ -44,6 +44,7 @@ def db(tmp_path: Path) -> Path:
 def make_manager(db: Path) -> Callable[..., DevSessionManager]:
     def make(**options: Any) -> DevSessionManager:
         return DevSessionManager(DevSessionStore(db), **options)
+
     return make
 
 
@@ -62,8 +63,9 @@ def types(session: DevSession) -> list[E]:
 
 
 def block_named(m: DevSessionManager, sid: UUID, filename: str) -> UUID:
-    return next(b.block_id for b in m.get_session(sid).code_blocks.values()
-                if b.filename == filename)
+    return next(
+        b.block_id for b in m.get_session(sid).code_blocks.values() if b.filename == filename
+    )
 
 
 def versions_of(m: DevSessionManager, sid: UUID, block_id: UUID) -> list[str]:
@@ -72,6 +74,7 @@ def versions_of(m: DevSessionManager, sid: UUID, block_id: UUID) -> list[str]:
 
 
 # ----- sessions -----
+
 
 def test_new_session_has_the_original_defaults_and_a_start_event(m: DevSessionManager) -> None:
     session = m.create_session("bob")
@@ -83,13 +86,17 @@ def test_new_session_has_the_original_defaults_and_a_start_event(m: DevSessionMa
     assert session.event_log[0].metadata == {"chat_session_id": str(session.chat_session_id)}
 
 
-@pytest.mark.parametrize(("user", "title", "message"), [
-    ("", "t", "user id"),
-    ("u", "   ", "must not be empty"),
-    ("u", "x" * 151, "151 characters; at most 150"),
-])
-def test_bad_session_input_is_refused(m: DevSessionManager, user: str, title: str,
-                                      message: str) -> None:
+@pytest.mark.parametrize(
+    ("user", "title", "message"),
+    [
+        ("", "t", "user id"),
+        ("u", "   ", "must not be empty"),
+        ("u", "x" * 151, "151 characters; at most 150"),
+    ],
+)
+def test_bad_session_input_is_refused(
+    m: DevSessionManager, user: str, title: str, message: str
+) -> None:
     with pytest.raises(InvalidInput, match=message):
         m.create_session(user, title=title)
 
@@ -113,24 +120,30 @@ def test_ids_resolve_by_unique_prefix(m: DevSessionManager) -> None:
 
 # ----- chat turns -----
 
+
 def test_turn_records_prompt_answer_and_blocks(m: DevSessionManager, sid: UUID) -> None:
     answer = "Two files:\n```python main.py\nprint(1)\n```\n```\n# file: notes.txt\nhi\n```\n"
     result = m.record_turn(sid, "make files", answer)
     session = m.get_session(sid)
-    assert types(session)[1:] == [E.USER_PROMPT, E.AI_RESPONSE, E.CODE_BLOCK_CREATED,
-                                  E.CODE_BLOCK_CREATED]
+    assert types(session)[1:] == [
+        E.USER_PROMPT,
+        E.AI_RESPONSE,
+        E.CODE_BLOCK_CREATED,
+        E.CODE_BLOCK_CREATED,
+    ]
     assert result.prompt_event.content == "make files"
     assert result.response_event.content == answer
     assert [(c.block.filename, c.block.language, c.block.content) for c in result.changes] == [
-        ("main.py", "python", "print(1)\n"), ("notes.txt", "text", "hi\n")]
+        ("main.py", "python", "print(1)\n"),
+        ("notes.txt", "text", "hi\n"),
+    ]
     created = session.event_log[3]
     assert created.target_block_id == result.changes[0].block.block_id
     assert created.metadata["prompt_event_id"] == result.prompt_event.event_id
     assert created.content == result.changes[0].diff
 
 
-def test_same_filename_in_a_later_answer_is_a_new_version(m: DevSessionManager,
-                                                          sid: UUID) -> None:
+def test_same_filename_in_a_later_answer_is_a_new_version(m: DevSessionManager, sid: UUID) -> None:
     m.record_turn(sid, "p1", "```python app.py\nx = 1\n```")
     result = m.record_turn(sid, "p2", "Fixed:\n```python\n# file: app.py\nx = 2\n```")
     [change] = result.changes
@@ -146,10 +159,17 @@ def test_unnamed_fences_revise_only_an_explicit_target(m: DevSessionManager, sid
     target = first.block.block_id
     m.record_turn(sid, "p", "```python\nb = 1\n```")  # no target: a second block
     assert len(m.get_session(sid).code_blocks) == 2
-    result = m.record_turn(sid, "p", "```js\nlet c\n```\n```python\na = 2\n```\n"
-                                     "```python\nz = 0\n```", target_block_id=target)
+    result = m.record_turn(
+        sid,
+        "p",
+        "```js\nlet c\n```\n```python\na = 2\n```\n```python\nz = 0\n```",
+        target_block_id=target,
+    )
     assert [(c.block.language, c.block.version) for c in result.changes] == [
-        ("javascript", 1), ("python", 2), ("python", 1)]
+        ("javascript", 1),
+        ("python", 2),
+        ("python", 1),
+    ]
     assert m.get_code_block(sid, target).content == "a = 2\n"
 
 
@@ -160,8 +180,9 @@ def test_repeating_a_block_unchanged_records_no_version(m: DevSessionManager, si
     assert m.get_code_block(sid, block_named(m, sid, "a.py")).version == 1
 
 
-def test_two_fences_of_one_file_in_one_answer_make_two_versions(m: DevSessionManager,
-                                                               sid: UUID) -> None:
+def test_two_fences_of_one_file_in_one_answer_make_two_versions(
+    m: DevSessionManager, sid: UUID
+) -> None:
     result = m.record_turn(sid, "p", "```py a.py\nv1\n```\nthen\n```py a.py\nv2\n```")
     assert [c.block.version for c in result.changes] == [1, 2]
 
@@ -174,8 +195,9 @@ def test_target_block_must_belong_to_the_session(m: DevSessionManager, sid: UUID
     assert types(m.get_session(sid)) == [E.SESSION_START]  # nothing half-written
 
 
-def test_oversized_prompt_is_refused_and_long_diffs_are_clipped(m: DevSessionManager,
-                                                               sid: UUID) -> None:
+def test_oversized_prompt_is_refused_and_long_diffs_are_clipped(
+    m: DevSessionManager, sid: UUID
+) -> None:
     with pytest.raises(InvalidInput, match="at most 50,000"):
         m.record_turn(sid, "x" * 50_001, "")
     big = "".join(f"line {i}\n" for i in range(8000))
@@ -186,9 +208,10 @@ def test_oversized_prompt_is_refused_and_long_diffs_are_clipped(m: DevSessionMan
 
 # ----- versions, diffs, rollback -----
 
-def test_update_returns_a_correct_diff_and_keeps_every_version(tmp_path: Path,
-                                                              m: DevSessionManager,
-                                                              sid: UUID) -> None:
+
+def test_update_returns_a_correct_diff_and_keeps_every_version(
+    tmp_path: Path, m: DevSessionManager, sid: UUID
+) -> None:
     block = m.add_code_block(sid, "python", "def f():\n    return 1\n").block
     contents = ["def f():\n    return 1\n", "def f():\n    return 2\n", "", "déjà vu\nno newline"]
     for old, new in itertools.pairwise(contents):
@@ -201,8 +224,9 @@ def test_update_returns_a_correct_diff_and_keeps_every_version(tmp_path: Path,
     assert [e.metadata["version"] for e in modified] == [2, 3, 4]
 
 
-def test_diff_between_any_two_versions_applies(tmp_path: Path, m: DevSessionManager,
-                                               sid: UUID) -> None:
+def test_diff_between_any_two_versions_applies(
+    tmp_path: Path, m: DevSessionManager, sid: UUID
+) -> None:
     contents = ["a\n", "a\nb\n", "b\nc", "", "c\n"]
     block_id = m.add_code_block(sid, "text", contents[0], filename="f.txt").block.block_id
     for content in contents[1:]:
@@ -229,20 +253,26 @@ def test_rollback_is_a_new_version_equal_to_the_old_one(m: DevSessionManager, si
     assert event == change.event
     assert event.event_type == E.CODE_BLOCK_ROLLED_BACK
     assert event.target_block_id == block_id
-    assert {"restored_version": 1, "version": 4, "previous_version": 3}.items() <= \
-        event.metadata.items()
+    assert {
+        "restored_version": 1,
+        "version": 4,
+        "previous_version": 3,
+    }.items() <= event.metadata.items()
     assert event.content == "--- a/m.py\n+++ b/m.py\n@@ -1 +1 @@\n-v3\n+v1\n"
 
 
-@pytest.mark.parametrize(("version", "error", "message"), [
-    (0, NotFound, "has no version 0"),
-    (9, NotFound, "has no version 9"),
-    (3, Conflict, "already has the content of version 3"),  # the current version
-    (1, Conflict, "already has the content of version 1"),  # same text as now
-])
-def test_pointless_or_impossible_rollbacks_are_refused(m: DevSessionManager, sid: UUID,
-                                                       version: int, error: type[Exception],
-                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    ("version", "error", "message"),
+    [
+        (0, NotFound, "has no version 0"),
+        (9, NotFound, "has no version 9"),
+        (3, Conflict, "already has the content of version 3"),  # the current version
+        (1, Conflict, "already has the content of version 1"),  # same text as now
+    ],
+)
+def test_pointless_or_impossible_rollbacks_are_refused(
+    m: DevSessionManager, sid: UUID, version: int, error: type[Exception], message: str
+) -> None:
     block_id = m.add_code_block(sid, "python", "same\n").block.block_id
     m.update_code_block(sid, block_id, "other\n")
     m.update_code_block(sid, block_id, "same\n")
@@ -284,22 +314,33 @@ def test_blocks_resolve_by_path_or_id_prefix(m: DevSessionManager, sid: UUID) ->
 # ----- status -----
 
 LEGAL = {
-    (S.ACTIVE, S.PAUSED), (S.PAUSED, S.ACTIVE),
-    (S.ACTIVE, S.COMPLETED), (S.PAUSED, S.COMPLETED),
-    (S.ACTIVE, S.ARCHIVED), (S.PAUSED, S.ARCHIVED), (S.COMPLETED, S.ARCHIVED),
-    (S.ACTIVE, S.PROMOTED), (S.PAUSED, S.PROMOTED), (S.COMPLETED, S.PROMOTED),
+    (S.ACTIVE, S.PAUSED),
+    (S.PAUSED, S.ACTIVE),
+    (S.ACTIVE, S.COMPLETED),
+    (S.PAUSED, S.COMPLETED),
+    (S.ACTIVE, S.ARCHIVED),
+    (S.PAUSED, S.ARCHIVED),
+    (S.COMPLETED, S.ARCHIVED),
+    (S.ACTIVE, S.PROMOTED),
+    (S.PAUSED, S.PROMOTED),
+    (S.COMPLETED, S.PROMOTED),
 }
-EVENT_FOR = {S.ACTIVE: E.SESSION_RESUMED, S.PAUSED: E.SESSION_PAUSED,
-             S.COMPLETED: E.SESSION_COMPLETED, S.ARCHIVED: E.SESSION_ARCHIVED,
-             S.PROMOTED: E.SESSION_PROMOTED}
+EVENT_FOR = {
+    S.ACTIVE: E.SESSION_RESUMED,
+    S.PAUSED: E.SESSION_PAUSED,
+    S.COMPLETED: E.SESSION_COMPLETED,
+    S.ARCHIVED: E.SESSION_ARCHIVED,
+    S.PROMOTED: E.SESSION_PROMOTED,
+}
 
 
 def move(m: DevSessionManager, sid: UUID, status: S) -> DevSession:
     return m.set_status(sid, status, project_id="proj-1" if status == S.PROMOTED else None)
 
 
-@pytest.mark.parametrize(("current", "target"), [(a, b) for a in S for b in S],
-                         ids=lambda s: s.value)
+@pytest.mark.parametrize(
+    ("current", "target"), [(a, b) for a in S for b in S], ids=lambda s: s.value
+)
 def test_every_status_transition(m: DevSessionManager, sid: UUID, current: S, target: S) -> None:
     if current != S.ACTIVE:
         move(m, sid, current)
@@ -323,8 +364,9 @@ def test_every_status_transition(m: DevSessionManager, sid: UUID, current: S, ta
     assert after.promoted_to_project_id == ("proj-1" if target == S.PROMOTED else None)
 
 
-def test_promotion_needs_a_project_id_and_only_promotion_takes_one(m: DevSessionManager,
-                                                                   sid: UUID) -> None:
+def test_promotion_needs_a_project_id_and_only_promotion_takes_one(
+    m: DevSessionManager, sid: UUID
+) -> None:
     with pytest.raises(InvalidInput, match="project id"):
         m.set_status(sid, S.PROMOTED)
     with pytest.raises(InvalidInput, match="project id"):
@@ -337,19 +379,25 @@ def test_completion_time_survives_archiving(m: DevSessionManager, sid: UUID) -> 
     assert m.set_status(sid, S.ARCHIVED).end_time == completed.end_time
 
 
-@pytest.mark.parametrize(("status", "message"), [
-    (S.PAUSED, "is paused; resume it first"),
-    (S.COMPLETED, "is completed"),
-    (S.ARCHIVED, "accepts no more changes"),
-])
-def test_code_changes_need_an_active_session(m: DevSessionManager, sid: UUID, status: S,
-                                             message: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "message"),
+    [
+        (S.PAUSED, "is paused; resume it first"),
+        (S.COMPLETED, "is completed"),
+        (S.ARCHIVED, "accepts no more changes"),
+    ],
+)
+def test_code_changes_need_an_active_session(
+    m: DevSessionManager, sid: UUID, status: S, message: str
+) -> None:
     block_id = m.add_code_block(sid, "python", "x\n").block.block_id
     m.update_code_block(sid, block_id, "y\n")
     move(m, sid, status)
-    for attempt in (lambda: m.record_turn(sid, "p", "a"),
-                    lambda: m.update_code_block(sid, block_id, "z\n"),
-                    lambda: m.rollback_code_block(sid, block_id, 1)):
+    for attempt in (
+        lambda: m.record_turn(sid, "p", "a"),
+        lambda: m.update_code_block(sid, block_id, "z\n"),
+        lambda: m.rollback_code_block(sid, block_id, 1),
+    ):
         with pytest.raises(Conflict, match=message):
             attempt()
 
@@ -366,6 +414,7 @@ def test_title_and_feedback_are_events(m: DevSessionManager, sid: UUID) -> None:
 
 # ----- cache, persistence, concurrency -----
 
+
 def build_history(m: DevSessionManager, sid: UUID) -> None:
     m.record_turn(sid, "write", "```python app.py\nx = 1\n```\n```sql\nselect 1;\n```")
     m.record_turn(sid, "fix", "```python app.py\nx = 2\n```")
@@ -374,8 +423,9 @@ def build_history(m: DevSessionManager, sid: UUID) -> None:
     m.set_status(sid, S.PAUSED)
 
 
-def test_evicted_sessions_load_back_identically(make_manager: Callable[..., DevSessionManager],
-                                                ) -> None:
+def test_evicted_sessions_load_back_identically(
+    make_manager: Callable[..., DevSessionManager],
+) -> None:
     clock = FakeClock()
     m = make_manager(cache_max_sessions=2, cache_idle_s=60, clock=clock)
     first = m.create_session("a").dev_session_id
@@ -394,8 +444,9 @@ def test_evicted_sessions_load_back_identically(make_manager: Callable[..., DevS
     assert m.get_session(first) == snapshot
 
 
-def test_cache_serves_reads_and_callers_cannot_corrupt_it(m: DevSessionManager, sid: UUID,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_serves_reads_and_callers_cannot_corrupt_it(
+    m: DevSessionManager, sid: UUID, monkeypatch: pytest.MonkeyPatch
+) -> None:
     m.add_code_block(sid, "python", "x\n")
     expected = m.get_session(sid)
     monkeypatch.setattr(m.store, "load", lambda _: pytest.fail("loaded despite the cache"))
@@ -423,7 +474,8 @@ def test_sessions_persist_across_restarts(make_manager: Callable[..., DevSession
 
 
 def test_changes_by_another_process_are_seen_and_races_refused(
-        make_manager: Callable[..., DevSessionManager]) -> None:
+    make_manager: Callable[..., DevSessionManager],
+) -> None:
     mine, theirs = make_manager(), make_manager()
     sid = mine.create_session("alice").dev_session_id
     stale = mine.get_session(sid)
@@ -433,8 +485,9 @@ def test_changes_by_another_process_are_seen_and_races_refused(
         pass
 
 
-def test_event_ids_are_global_monotonic_and_the_log_is_append_only(m: DevSessionManager,
-                                                                   db: Path) -> None:
+def test_event_ids_are_global_monotonic_and_the_log_is_append_only(
+    m: DevSessionManager, db: Path
+) -> None:
     a = m.create_session("a").dev_session_id
     b = m.create_session("b").dev_session_id
     build_history(m, a)
@@ -446,8 +499,9 @@ def test_event_ids_are_global_monotonic_and_the_log_is_append_only(m: DevSession
     assert rows == len(ids)
 
 
-def test_logs_carry_session_and_user_ids(m: DevSessionManager,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_logs_carry_session_and_user_ids(
+    m: DevSessionManager, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="orchestrator.devsessions")
     sid = m.create_session("carol").dev_session_id
     m.record_turn(sid, "p", "```py\nx\n```")
@@ -461,6 +515,7 @@ def test_logs_carry_session_and_user_ids(m: DevSessionManager,
 
 # ----- summary and exports -----
 
+
 def test_summary_counts_blocks_and_lines_per_language(m: DevSessionManager, sid: UUID) -> None:
     m.record_turn(sid, "p", "```python a.py\n1\n2\n```\n```python b.py\n3\n```\n```sql\ns;\n```")
     m.record_turn(sid, "p", "```python a.py\n1\n```")
@@ -469,7 +524,9 @@ def test_summary_counts_blocks_and_lines_per_language(m: DevSessionManager, sid:
     assert summary.event_count == len(ended.event_log) == 10
     assert summary.block_count == 3
     assert {k: (v.blocks, v.lines) for k, v in summary.languages.items()} == {
-        "python": (2, 2), "sql": (1, 1)}
+        "python": (2, 2),
+        "sql": (1, 1),
+    }
     assert ended.end_time is not None
     assert summary.duration_seconds == (ended.end_time - ended.start_time).total_seconds()
 
@@ -478,26 +535,41 @@ def test_commit_plan_replays_code_history_in_order(m: DevSessionManager, sid: UU
     m.add_code_block(sid, "python", "named = 1\n", filename="block-1.py")
     m.record_turn(sid, "start the tool", "```python\nprint('a')\n```\n```bash\nrun\n```")
     m.record_turn(sid, "chat only", "no code this time")
-    m.record_turn(sid, "make it loud", "```python\nprint('A')\n```",
-                  target_block_id=m.resolve_block_id(sid, "block-2.py"))
+    m.record_turn(
+        sid,
+        "make it loud",
+        "```python\nprint('A')\n```",
+        target_block_id=m.resolve_block_id(sid, "block-2.py"),
+    )
     m.rollback_code_block(sid, m.resolve_block_id(sid, "block-2.py"), 1)
     session = m.get_session(sid)
     plan = m.commit_plan(sid)
     code_events = [e for e in session.event_log if e.target_block_id is not None]
     assert [s.event_id for s in plan] == [e.event_id for e in code_events]
     assert [s.message.split("\n", 1)[0] for s in plan] == [
-        "Add block-1.py", "Add block-2.py", "Add block-3.sh",
-        "Update block-2.py to version 2", "Roll back block-2.py to version 1"]
-    assert [s.changed for s in plan] == [["block-1.py"], ["block-2.py"], ["block-3.sh"],
-                                         ["block-2.py"], ["block-2.py"]]
-    assert plan[2].files == {"block-1.py": "named = 1\n", "block-2.py": "print('a')\n",
-                             "block-3.sh": "run\n"}
+        "Add block-1.py",
+        "Add block-2.py",
+        "Add block-3.sh",
+        "Update block-2.py to version 2",
+        "Roll back block-2.py to version 1",
+    ]
+    assert [s.changed for s in plan] == [
+        ["block-1.py"],
+        ["block-2.py"],
+        ["block-3.sh"],
+        ["block-2.py"],
+        ["block-2.py"],
+    ]
+    assert plan[2].files == {
+        "block-1.py": "named = 1\n",
+        "block-2.py": "print('a')\n",
+        "block-3.sh": "run\n",
+    }
     assert plan[3].files["block-2.py"] == "print('A')\n"
     assert plan[4].files["block-2.py"] == "print('a')\n"
     assert "Prompt:\nmake it loud\n" in plan[3].message
     assert "Prompt:" not in plan[0].message + plan[4].message
-    assert plan[1].message.endswith(
-        f"Dev-Session: {sid}\nDev-Session-Event: {plan[1].event_id}\n")
+    assert plan[1].message.endswith(f"Dev-Session: {sid}\nDev-Session-Event: {plan[1].event_id}\n")
 
 
 def test_undo_notice_tells_the_model_until_it_answers(m: DevSessionManager, sid: UUID) -> None:

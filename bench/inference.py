@@ -1,0 +1,157 @@
+"""Inference benchmark: time to first token and tokens/s for one fixed prompt.
+
+Local (default): loads the model in-process and runs the agent's own chat path
+(prompt stack, llama.cpp) with memory off. Remote: ``--url`` and ``--token``
+stream the same request from a running agent (e.g. inside a VM) over SSE.
+Prints ONE JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPT = "Explain in three sentences why the sky is blue."
+
+
+def request_body(max_tokens: int) -> dict[str, Any]:
+    return {
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "somnus": {"use_memory": False, "store": False},
+    }
+
+
+def run_local(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    from guest_agent.chat import ChatEngine
+    from guest_agent.memory.manager import MemoryManager
+    from guest_agent.prompts.bridge import PromptBridge
+    from guest_agent.protocol import AIModelConfiguration, ChatCompletionRequest, Subsystem
+    from guest_agent.runtime import ModelRuntime
+
+    data = Path(tempfile.mkdtemp(prefix="somnus-bench-"))
+    config = AIModelConfiguration(
+        n_threads=args.threads, context_length=args.ctx, model_path=args.model_path
+    )
+    runtime = ModelRuntime(config, data)
+    started = time.perf_counter()
+    runtime.load()
+    load_s = time.perf_counter() - started
+    memory = MemoryManager(data)
+    engine = ChatEngine(runtime, memory, PromptBridge(memory.store, Subsystem.CHAT))
+    runs = []
+    for _ in range(args.runs + 1):  # the first run warms caches and is dropped
+        t0 = time.perf_counter()
+        turn = engine.prepare(ChatCompletionRequest.model_validate(request_body(args.max_tokens)))
+        first = None
+        for _piece in turn:
+            first = first or time.perf_counter()
+        end = time.perf_counter()
+        assert turn.usage is not None and turn.timings is not None
+        runs.append(
+            {
+                "ttft_ms": ((first or end) - t0) * 1000,
+                "completion_tokens": turn.usage.completion_tokens,
+                "prompt_tokens": turn.usage.prompt_tokens,
+                "decode_tokens_per_s": turn.timings.predicted_per_second,
+                "e2e_tokens_per_s": turn.usage.completion_tokens / (end - t0),
+            }
+        )
+    status = runtime.status()
+    return runs[1:], {
+        "load_s": round(load_s, 3),
+        "model": status.loaded_path,
+        "n_ctx": status.n_ctx,
+    }
+
+
+def run_remote(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {args.token}"}
+    url = args.url.rstrip("/") + "/v1/chat/completions"
+    runs = []
+    with httpx.Client(timeout=600) as client:
+        for _ in range(args.runs + 1):
+            t0 = time.perf_counter()
+            first = None
+            final: dict[str, Any] = {}
+            with client.stream(
+                "POST", url, json=request_body(args.max_tokens), headers=headers
+            ) as r:
+                r.raise_for_status()
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    if chunk["choices"][0]["delta"].get("content"):
+                        first = first or time.perf_counter()
+                    if chunk.get("usage"):
+                        final = chunk
+            end = time.perf_counter()
+            usage, timings = final["usage"], final["timings"]
+            runs.append(
+                {
+                    "ttft_ms": ((first or end) - t0) * 1000,
+                    "completion_tokens": usage["completion_tokens"],
+                    "prompt_tokens": usage["prompt_tokens"],
+                    "decode_tokens_per_s": timings["predicted_per_second"],
+                    "e2e_tokens_per_s": usage["completion_tokens"] / (end - t0),
+                }
+            )
+        health = client.get(args.url.rstrip("/") + "/model", headers=headers).json()
+    return runs[1:], {"model": health.get("loaded_path"), "n_ctx": health.get("n_ctx")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--url", help="agent base URL, e.g. http://127.0.0.1:42902")
+    parser.add_argument("--token", help="the VM's agent token (with --url)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ctx", type=int, default=2048, help="local context length")
+    parser.add_argument("--model-path", default=None, help="local GGUF (default: bundled)")
+    args = parser.parse_args()
+    if args.url and not args.token:
+        parser.error("--url needs --token")
+    runs, extra = run_remote(args) if args.url else run_local(args)
+
+    def p50(key: str) -> float:
+        return round(statistics.median(r[key] for r in runs), 2)
+
+    print(
+        json.dumps(
+            {
+                "bench": "inference",
+                "target": args.url or "local",
+                "prompt": PROMPT,
+                "runs": len(runs),
+                "max_tokens": args.max_tokens,
+                "threads": args.threads if not args.url else None,
+                "prompt_tokens": int(runs[0]["prompt_tokens"]),
+                "completion_tokens_p50": p50("completion_tokens"),
+                "ttft_ms_p50": p50("ttft_ms"),
+                "decode_tokens_per_s_p50": p50("decode_tokens_per_s"),
+                "e2e_tokens_per_s_p50": p50("e2e_tokens_per_s"),
+                # The host is shared (image builds, VMs): read the figures against it.
+                "host_loadavg_1m": round(os.getloadavg()[0], 2),
+                **extra,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
