@@ -45,7 +45,14 @@ def _short(session_id: UUID) -> str:
 
 
 def _header_dict(header: DevSessionHeader) -> dict[str, Any]:
-    return DevSessionHeader.model_validate(header.model_dump()).model_dump(mode="json")
+    return header.model_dump(mode="json", include=set(DevSessionHeader.model_fields))
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no USER variable and no passwd entry (containers)
+        return "local"
 
 
 def _blocks(session: DevSession) -> list[dict[str, Any]]:
@@ -62,7 +69,7 @@ def session_new(
     as_json: JsonFlag = False,
 ) -> None:
     """Start a dev session."""
-    session = manager().create_session(user or getpass.getuser(), title=title,
+    session = manager().create_session(user or _login(), title=title,
                                        chat_session_id=chat_session)
     if as_json:
         emit_json(_header_dict(session))

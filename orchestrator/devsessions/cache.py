@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from uuid import UUID
 
+from orchestrator.devsessions.logs import session_log
 from orchestrator.devsessions.models import DevSession
-
-logger = logging.getLogger(__name__)
 
 
 class SessionCache:
@@ -41,8 +39,8 @@ class SessionCache:
         self._entries.move_to_end(session.dev_session_id)
         self.prune()
         while len(self._entries) > self.max_sessions:
-            evicted, _ = self._entries.popitem(last=False)
-            logger.debug("dev session %s evicted from the cache (full)", evicted)
+            _, (_, evicted) = self._entries.popitem(last=False)
+            session_log(evicted).debug("evicted from the cache (full)")
 
     def discard(self, session_id: UUID) -> None:
         self._entries.pop(session_id, None)
@@ -51,11 +49,11 @@ class SessionCache:
         """Evict every session idle for longer than ``idle_seconds``."""
         cutoff = self._clock() - self.idle_seconds
         while self._entries:
-            session_id, (used, _) = next(iter(self._entries.items()))
+            session_id, (used, session) = next(iter(self._entries.items()))
             if used > cutoff:
                 break
             del self._entries[session_id]
-            logger.debug("dev session %s evicted from the cache (idle)", session_id)
+            session_log(session).debug("evicted from the cache (idle)")
 
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._entries

@@ -7,9 +7,8 @@ matches the database's, so changes made by another process are never missed.
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable, Collection, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID, uuid4
@@ -20,6 +19,7 @@ from orchestrator.devsessions.config import DevSessionSettings
 from orchestrator.devsessions.diffs import unified_diff
 from orchestrator.devsessions.fences import Fence, parse_fences, render_fence
 from orchestrator.devsessions.languages import language_for_path, normalize_language, safe_path
+from orchestrator.devsessions.logs import session_log
 from orchestrator.devsessions.models import (
     DEFAULT_TITLE,
     MAX_EVENT_CONTENT,
@@ -44,23 +44,6 @@ S = DevSessionStatus
 EDITABLE = frozenset({S.ACTIVE})  # code changes need an active session
 NOT_FINAL = frozenset({S.ACTIVE, S.PAUSED, S.COMPLETED})
 CACHED = frozenset({S.ACTIVE, S.PAUSED})
-
-logger = logging.getLogger(__name__)
-
-
-class SessionLog(logging.LoggerAdapter[logging.Logger]):
-    """Puts the dev session and user ids on each record, as attributes and in the text."""
-
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]
-                ) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = {**(self.extra or {}), **kwargs.get("extra", {})}
-        kwargs["extra"] = extra
-        return f"[dev_session={extra['dev_session_id']} user={extra['user_id']}] {msg}", kwargs
-
-
-def session_log(session: DevSessionHeader) -> SessionLog:
-    return SessionLog(logger, {"dev_session_id": str(session.dev_session_id),
-                               "user_id": session.user_id})
 
 
 class DevSessionManager:

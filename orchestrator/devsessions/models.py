@@ -157,11 +157,6 @@ class DevSession(DevSessionHeader):
     code_blocks: dict[UUID, CodeBlock] = Field(default_factory=dict)
 
     @property
-    def header(self) -> DevSessionHeader:
-        fields = set(DevSessionHeader.model_fields)
-        return DevSessionHeader.model_validate(self.model_dump(include=fields))
-
-    @property
     def last_event_id(self) -> int:
         return self.event_log[-1].event_id if self.event_log else 0
 

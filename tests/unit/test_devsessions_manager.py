@@ -12,6 +12,7 @@ from uuid import UUID
 import pytest
 from sqlmodel import Session, func, select
 
+from orchestrator.config import Settings
 from orchestrator.devsessions import (
     DevSession,
     DevSessionEventType,
@@ -442,6 +443,31 @@ def test_evicted_sessions_load_back_identically(
     m.cache.prune()
     assert len(m.cache) == 0
     assert m.get_session(first) == snapshot
+
+
+def test_reads_refresh_recency_and_evictions_are_logged_with_ids(
+        make_manager: Callable[..., DevSessionManager], caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="orchestrator.devsessions")
+    m = make_manager(cache_max_sessions=2)
+    a = m.create_session("ann").dev_session_id
+    b = m.create_session("bob").dev_session_id
+    m.get_session(a)  # now b is the least recently used
+    m.create_session("cid")
+    assert a in m.cache and b not in m.cache
+    [evicted] = [r for r in caplog.records if "evicted" in r.getMessage()]
+    assert (evicted.__dict__["dev_session_id"], evicted.__dict__["user_id"]) == (str(b), "bob")
+
+
+def test_manager_from_settings_uses_the_shared_db_and_env_limits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOMNUS_DEVSESSION_CACHE_MAX_SESSIONS", "3")
+    monkeypatch.setenv("SOMNUS_DEVSESSION_CACHE_IDLE_S", "5")
+    settings = Settings(home=tmp_path / "home")
+    m = DevSessionManager.from_settings(settings)
+    assert (m.cache.max_sessions, m.cache.idle_seconds) == (3, 5.0)
+    sid = m.create_session("u").dev_session_id
+    assert settings.db_path.exists()
+    assert DevSessionManager(DevSessionStore(settings.db_path)).get_session(sid).user_id == "u"
 
 
 def test_cache_serves_reads_and_callers_cannot_corrupt_it(
