@@ -1,5 +1,11 @@
 """The REST control API (FastAPI) over the orchestrator's service layer.
 
-Routes arrive with the REST API issue; they call ``orchestrator.vms.VMService``
-exactly as the CLI does, so no logic lives here.
+``somnus serve`` runs it; ``create_app`` builds it. Routes call ``VMService``,
+``SwapEngine``, ``ChatService``, the image catalog and builder, and
+``orchestrator.fleet`` exactly as the CLI does, so no logic lives here: only
+HTTP, authentication, long operations in worker threads, and server-sent events.
 """
+
+from api.app import create_app
+
+__all__ = ["create_app"]

@@ -4,6 +4,7 @@ Local (default): loads the model in-process and runs the agent's own chat path
 (prompt stack, llama.cpp) with memory off. Remote: ``--url`` and ``--token``
 stream the same request from a running agent (e.g. inside a VM) over SSE.
 Prints ONE JSON line.
+Usage: python -m bench.inference [--runs N] [--max-tokens N] [--url URL --token TOKEN]
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PROMPT = "Explain in three sentences why the sky is blue."
 
@@ -34,6 +32,7 @@ def request_body(max_tokens: int) -> dict[str, Any]:
 
 
 def run_local(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[str, Any]]:
+    # Imported here: a remote run needs only httpx, not llama.cpp.
     from guest_agent.chat import ChatEngine
     from guest_agent.memory.manager import MemoryManager
     from guest_agent.prompts.bridge import PromptBridge

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from guest_agent.chat import ChatEngine
 from guest_agent.gate import RequestGate
-from guest_agent.memory.manager import MemoryManager, open_memory
+from guest_agent.memory.manager import MemoryManager
 from guest_agent.prompts.bridge import PromptBridge
 from guest_agent.protocol import AgentConfig, AgentStatus, ModelState
 from guest_agent.runtime import ModelRuntime
@@ -23,7 +23,7 @@ class Agent:
         self.config = config
         data_dir = Path(config.data_dir)
         self.runtime = runtime or ModelRuntime(config.model, data_dir)
-        self.memory: MemoryManager = open_memory(data_dir, config.memory_index)
+        self.memory = MemoryManager(data_dir, config.memory_index)
         self.bridge = PromptBridge(self.memory.store, config.subsystem)
         self.engine = ChatEngine(self.runtime, self.memory, self.bridge)
         self.gate = RequestGate(config.max_queue)

@@ -327,7 +327,7 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
 
     @app.get("/memory/{memory_id}")
     def memory_get(memory_id: str) -> MemoryRecord:
-        return agent.memory.get(memory_id)
+        return agent.memory.get_memory_by_id(memory_id)
 
     @app.delete("/memory/{memory_id}")
     def memory_delete(memory_id: str) -> MemoryDeleteResponse:

@@ -6,7 +6,6 @@ answer is the joined stream, so both give the same text for the same prompt.
 
 from __future__ import annotations
 
-import logging
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,8 +32,6 @@ from guest_agent.protocol import (
     Usage,
 )
 from guest_agent.runtime import ModelRuntime, SamplingParams
-
-log = logging.getLogger(__name__)
 
 USER_PREFIX, ASSISTANT_PREFIX = "User: ", "\nAssistant: "
 
@@ -107,6 +104,7 @@ class Turn:
             prompt_ms=(first - start) * 1000,
             predicted_n=completion,
             predicted_ms=decode_s * 1000,
+            # The first token's time is prompt time (llama-server counts it the same way).
             predicted_per_second=(completion - 1) / decode_s if decode_s > 0 else 0.0,
         )
         self.prompt.window.assistant_tokens = completion

@@ -95,7 +95,6 @@ class ErrorResponse(BaseModel):
 # ---------------------------------------------------------------------------
 
 
-
 class ModelFormat(StrEnum):
     """Model file formats the original Somnus knew; the agent loads GGUF only."""
 

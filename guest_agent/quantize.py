@@ -97,8 +97,7 @@ def require_gguf(path: Path) -> None:
 def _supported() -> str:
     return (
         "the guest agent loads GGUF files only (llama.cpp); convert other formats "
-        "with llama.cpp's convert_hf_to_gguf.py. Supported formats: "
-        + ", ".join(SUPPORTED_FORMATS)
+        "with llama.cpp's convert_hf_to_gguf.py. Supported formats: " + ", ".join(SUPPORTED_FORMATS)
     )
 
 

@@ -199,6 +199,11 @@ def _install_agent(root: Path, log: BuildLog) -> None:
     # and compiling at every start costs seconds under TCG.
     log.run("disk", ["chroot", root, "/usr/bin/python3", "-m", "compileall", "-q",
                      recipe.GUEST_AGENT_ROOT])  # fmt: skip
+    # An agent that cannot even import would only show up as a VM that never gets ready.
+    python = f"{recipe.GUEST_VENV}/bin/python"
+    pythonpath = f"PYTHONPATH={recipe.GUEST_AGENT_ROOT}"
+    log.run("disk", ["chroot", root, "/usr/bin/env", "-i", pythonpath, python, "-c",
+                     "import guest_agent.app"])  # fmt: skip
 
 
 def _copy_boot_files(root: Path, out: Path) -> tuple[Path, Path]:

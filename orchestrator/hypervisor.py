@@ -34,8 +34,15 @@ class SnapshotInfo:
 _RUNNING_STATES = {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED}
 
 
-def _one_line(exc: libvirt.libvirtError) -> str:
-    return (exc.get_error_message() or str(exc)).splitlines()[0]
+# libvirt-python raises SystemError (caused by a UnicodeDecodeError) when an error
+# message holds bytes that are not UTF-8, e.g. QEMU quoting a corrupt save file.
+LibvirtFailure = (libvirt.libvirtError, SystemError)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, libvirt.libvirtError):
+        return (exc.get_error_message() or str(exc)).splitlines()[0]
+    return f"libvirt failed with an undecodable message ({exc.__cause__ or exc})"
 
 
 class Hypervisor:
@@ -77,13 +84,19 @@ class Hypervisor:
             raise HypervisorUnavailable(f"libvirt refused the domain: {_one_line(exc)}") from exc
 
     def start(self, name: str) -> None:
-        """Boot the domain (or restore its managed save, if it has one)."""
+        """Boot the domain, or restore its managed save, and leave it running.
+
+        A save taken while the domain was paused restores paused: resume it, since
+        'start' always means running.
+        """
         dom = self._lookup(name)
         if dom.isActive():
             raise Conflict(f"domain '{name}' is already running")
         try:
             dom.create()
-        except libvirt.libvirtError as exc:
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+        except LibvirtFailure as exc:
             raise HypervisorUnavailable(f"cannot start '{name}': {_one_line(exc)}") from exc
 
     def stop(self, name: str, timeout_s: float = 60.0, force: bool = False) -> bool:
@@ -191,7 +204,7 @@ class Hypervisor:
         dom = self._lookup(name)
         try:
             action(dom)
-        except libvirt.libvirtError as exc:
+        except LibvirtFailure as exc:
             raise HypervisorUnavailable(f"cannot {verb} '{name}': {_one_line(exc)}") from exc
 
     def undefine(self, name: str) -> None:

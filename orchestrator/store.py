@@ -6,8 +6,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from orchestrator.errors import NotFound
@@ -23,12 +24,30 @@ from orchestrator.models import (
 )
 
 
+def sqlite_engine(db_path: Path) -> Engine:
+    """The engine every Somnus table uses: one SQLite file, WAL, waits on a busy lock.
+
+    WAL with synchronous=NORMAL keeps each commit cheap (no fsync per transaction)
+    while a crash still loses nothing committed before the last checkpoint.
+    """
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return engine
+
+
 class Store:
     """Typed access to the records; one short transaction per call."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(f"sqlite:///{db_path}")
+        self.engine: Engine = sqlite_engine(db_path)
         SQLModel.metadata.create_all(self.engine)
         os.chmod(db_path, 0o600)
 

@@ -375,8 +375,10 @@ class SwapEngine:
     # -- status ---------------------------------------------------------------------------
 
     def status(self) -> StatusView:
-        self.recover()
-        self.svc.reconcile()
+        with self.svc.locked(wait=False) as idle:
+            if idle:  # a swap in flight is not a crashed one: recover only when none runs
+                self.recover()
+                self.svc.reconcile()
         foreground = self.store.foreground()
         records = self.store.list_vms()
         budget = self._budget()

@@ -94,10 +94,12 @@ class VMInfo:
 class VMService:
     """Lifecycle of Somnus VMs on one libvirt connection."""
 
-    def __init__(self, settings: Settings, hypervisor: Hypervisor | None = None) -> None:
+    def __init__(self, settings: Settings, hypervisor: Hypervisor | None = None,
+                 store: Store | None = None) -> None:
         self.settings = settings
         settings.home.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.db_path)
+        # A long-lived caller (the API) shares one store and connection between instances.
+        self.store = store or Store(settings.db_path)
         self._hypervisor = hypervisor
         self._lock_depth = 0
 
@@ -110,24 +112,29 @@ class VMService:
         return self._hypervisor
 
     @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, wait: bool = True) -> Iterator[bool]:
         """One mutating operation at a time per Somnus home (ports, names, swaps).
 
         Re-entrant within this object, so a swap can call create/reconcile while
-        holding it; other processes wait.
+        holding it; other holders (processes, or other instances) wait. With
+        ``wait=False`` it yields False at once instead of waiting.
         """
         if self._lock_depth:
             self._lock_depth += 1
             try:
-                yield
+                yield True
             finally:
                 self._lock_depth -= 1
             return
         with open(self.settings.home / ".lock", "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
             self._lock_depth = 1
             try:
-                yield
+                yield True
             finally:
                 self._lock_depth = 0
                 fcntl.flock(handle, fcntl.LOCK_UN)
@@ -224,11 +231,7 @@ class VMService:
         started = time.monotonic()
         with self.locked():
             domain_name = self.domain_name(name)
-            if self.store.find_vm(name) is not None:
-                raise AlreadyExists(f"a VM named '{name}' exists already")
-            if self.hv.exists(domain_name):
-                raise AlreadyExists(f"libvirt already has a domain '{domain_name}'")
-            image = get_image(self.settings, image_ref)
+            image = self.check_new(name, image_ref)
             disks.require_free_space(self.settings.home, self.settings.min_free_disk_mib)
             ssh_port, agent_port = allocate_ports(
                 2, self.settings.port_range_start, self.settings.port_range_end,
@@ -252,6 +255,19 @@ class VMService:
         else:
             self.store.set_state(name, VMState.RUNNING, reason="started, not waited for")
         return self.store.get_vm(name), timings
+
+    def check_new(self, name: str, image_ref: str | None = None) -> ImageManifest:
+        """Refuse a VM that cannot be created (bad or taken name, unknown image); cheap.
+
+        ``create`` repeats it under the lock; callers that start ``create`` in the
+        background call it first to fail at once.
+        """
+        validate_name(name)
+        if self.store.find_vm(name) is not None:
+            raise AlreadyExists(f"a VM named '{name}' exists already")
+        if self.hv.exists(self.domain_name(name)):
+            raise AlreadyExists(f"libvirt already has a domain '{self.domain_name(name)}'")
+        return get_image(self.settings, image_ref)
 
     def _provision(
         self,
@@ -340,15 +356,17 @@ class VMService:
 
     # -- inspection -------------------------------------------------------------------------
 
-    def reconcile(self) -> list[str]:
+    def reconcile(self, wait: bool = True) -> list[str]:
         """Bring records in line with libvirt; return one line per change made.
 
         A domain deleted behind our back is reported (state 'error'), never crashed
         on; a VM whose QEMU process died while we thought it ran is marked 'error'.
+        With ``wait=False`` it does nothing while another operation holds the lock
+        (that operation is changing the records anyway).
         """
         changes: list[str] = []
-        with self.locked():
-            for record in self.store.list_vms():
+        with self.locked(wait) as held:
+            for record in self.store.list_vms() if held else []:
                 change = self._reconcile_one(record)
                 if change:
                     changes.append(change)
@@ -374,11 +392,11 @@ class VMService:
         return f"{record.name}: {record.state.value} -> {live.value}"
 
     def list_vms(self) -> list[VMRecord]:
-        self.reconcile()
+        self.reconcile(wait=False)  # a listing never waits for a long swap or boot
         return self.store.list_vms()
 
     def info(self, name: str, with_agent: bool = True) -> VMInfo:
-        self.reconcile()
+        self.reconcile(wait=False)
         record = self.store.get_vm(name)
         info = VMInfo(record=record, paths=self.paths(name), history=self.store.history(name))
         if with_agent and record.state is VMState.RUNNING:

@@ -255,8 +255,8 @@ class MemoryManager:
 
     # -- reads ----------------------------------------------------------------
 
-    def get(self, memory_id: str) -> MemoryRecord:
-        """``get_memory_by_id``."""
+    def get_memory_by_id(self, memory_id: str) -> MemoryRecord:
+        """One memory by id (raises ``MemoryNotFound``)."""
         found = self.store.by_id(memory_id)
         if found is None:
             raise MemoryNotFound(memory_id)
@@ -333,8 +333,3 @@ class MemoryManager:
             done, dup = self.add_records(records[start : start + REEMBED_BATCH])
             inserted, duplicates = inserted + done, duplicates + dup
         return MemoryImportResponse(imported=inserted, deduplicated=duplicates)
-
-
-def open_memory(data_dir: Path, kind: IndexKind) -> MemoryManager:
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return MemoryManager(data_dir, kind)

