@@ -38,6 +38,8 @@ from guest_agent.protocol import (
     ChatDelta,
     ChatMessage,
     ChatRole,
+    ClockRequest,
+    ClockResponse,
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -64,6 +66,8 @@ from guest_agent.protocol import (
 )
 from guest_agent.runtime import InputTooLong, ModelNotReady, ModelRuntime
 
+# Below this the guest clock is left alone (the request itself takes milliseconds).
+CLOCK_TOLERANCE_S = 0.5
 REPORTED_PACKAGES = ("llama_cpp_python", "faiss-cpu", "fastapi", "numpy", "pydantic")
 # Exceptions the app turns into HTTP errors (checked in order: subclasses first).
 ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
@@ -200,6 +204,18 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
             model=agent.runtime.model_id,
             error=agent.error,
         )
+
+    @app.post("/clock")
+    def clock(request: ClockRequest) -> ClockResponse:
+        """Set the guest clock to the host's: a guest restored from a save is behind."""
+        skew = time.time() - request.epoch
+        if abs(skew) < CLOCK_TOLERANCE_S:
+            return ClockResponse(skew_s=skew, set=False)
+        try:
+            time.clock_settime(time.CLOCK_REALTIME, request.epoch)
+        except PermissionError:  # the unit grants CAP_SYS_TIME; without it, report
+            return ClockResponse(skew_s=skew, set=False)
+        return ClockResponse(skew_s=skew, set=True)
 
     @app.get("/info")
     def info() -> InfoResponse:

@@ -36,6 +36,7 @@ T = TypeVar("T", bound=BaseModel)
 
 # A 135M model under TCG answers in seconds, a big GGUF in minutes.
 CHAT_TIMEOUT_S = 600.0
+JSON = "application/json"
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -56,9 +57,10 @@ class AgentClient:
     def _send(self, method: str, path: str, timeout_s: float, *, body: BaseModel | None = None,
               content: str | None = None, params: dict[str, str | int] | None = None,
               ) -> httpx.Response:
+        headers = {**self.headers, "Content-Type": JSON} if body is not None else self.headers
         try:
             response = httpx.request(
-                method, self.base_url + path, headers=self.headers, params=params,
+                method, self.base_url + path, headers=headers, params=params,
                 content=body.model_dump_json() if body is not None else content,
                 timeout=timeout_s,
             )
@@ -107,7 +109,7 @@ class AgentClient:
         body = request.model_copy(update={"stream": True}).model_dump_json()
         try:
             with httpx.stream("POST", self.base_url + "/v1/chat/completions",
-                              headers=self.headers, content=body,
+                              headers={**self.headers, "Content-Type": JSON}, content=body,
                               timeout=CHAT_TIMEOUT_S) as response:
                 if response.status_code != 200:
                     response.read()
