@@ -251,7 +251,7 @@ class PromptInspection(BaseModel):
     """
 
     strategy: PromptStrategyName
-    role: str | None
+    role: str | None = None
     layers: list[LayerView]
     truncated: list[TruncationRecord]
     context_window: AIContextWindow
@@ -354,7 +354,7 @@ class SomnusReport(BaseModel):
     """Per-answer accounting: tokens per layer and everything that was cut."""
 
     strategy: PromptStrategyName
-    role: str | None
+    role: str | None = None
     layers: list[LayerUsage]
     truncated: list[TruncationRecord]
     context_window: AIContextWindow
@@ -366,7 +366,7 @@ class SomnusReport(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: ChatMessage
-    finish_reason: str | None
+    finish_reason: str | None = None
 
 
 class ChatCompletionResponse(BaseModel):
