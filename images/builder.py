@@ -50,11 +50,11 @@ def build_image(
     ``force`` rebuilds the base and the disk; it replaces an image of the same
     recipe in place, so no VM may be using that image at the time.
     """
+    if not force and (cached := _cached_image(settings)) is not None:
+        return cached
     if os.geteuid() != 0:
         raise ImageBuildError("building the guest image needs root (mmdebstrap root mode, chroot)")
     require_tools("mmdebstrap", "mkfs.ext4", "qemu-img", "tar", "chroot", "dpkg-query")
-    if not force and (cached := _cached_image(settings)) is not None:
-        return cached
     settings.images_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(settings.images_dir, 0o755)
     log = BuildLog.new(settings, "image-build", progress)
@@ -105,6 +105,7 @@ def _ensure_base(
         SOMNUS_FILES=str(recipe.FILES_DIR),
         SOMNUS_WHEELHOUSE=str(wheelhouse),
         SOMNUS_ROOT_LABEL=recipe.ROOT_LABEL,
+        SOMNUS_VENV=recipe.GUEST_VENV,
         TMPDIR=str(staging),  # mmdebstrap's scratch chroot: same filesystem, cleaned with us
     )
     cmd: list[str | Path] = [

@@ -281,7 +281,6 @@ def test_world_readable(tmp_path: Path) -> None:
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="build_image requires root")
 
 
-@needs_root
 def test_build_returns_cached_image_without_work(settings: Settings) -> None:
     llama = fake_llama_wheel(settings)
     current = recipe.recipe_hash(wheels.file_sha256(llama))

@@ -9,7 +9,7 @@ root="$1"
 files="$SOMNUS_FILES"          # images/files
 wheels="$SOMNUS_WHEELHOUSE"    # wheels for the venv; model wheel in model/
 label="$SOMNUS_ROOT_LABEL"
-venv=/opt/somnus/venv
+venv="$SOMNUS_VENV"            # /opt/somnus/venv
 
 # A clean environment: the host's PIP_*/LC_* settings mean nothing in the guest.
 in_root() {
