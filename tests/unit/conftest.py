@@ -1,4 +1,4 @@
-"""Shared agent fixtures: one real SmolLM2 runtime for the whole session."""
+"""Shared agent fixtures: one real SmolLM2 agent_runtime for the whole session."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from guest_agent.protocol import AgentConfig, AIModelConfiguration, Subsystem
 from guest_agent.runtime import ModelRuntime
 
 # A small window keeps the tests fast; the model's trained window is 8192.
-TEST_CTX = 1024
+TEST_CTX = 512
 TOKEN = "t" * 40
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -26,7 +26,7 @@ def model_config(**overrides: Any) -> AIModelConfiguration:
 
 
 @pytest.fixture(scope="session")
-def runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelRuntime]:
+def agent_runtime(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelRuntime]:
     rt = ModelRuntime(model_config(), Path(tmp_path_factory.mktemp("runtime")))
     rt.load()
     yield rt
@@ -47,28 +47,30 @@ ClientFactory = Callable[..., tuple[TestClient, FastAPI]]
 
 
 @pytest.fixture
-def make_client(runtime: ModelRuntime, tmp_path: Path) -> Iterator[ClientFactory]:
-    """Start agent apps on the shared runtime; each boots and closes as it would in a VM."""
+def make_agent_client(agent_runtime: ModelRuntime, tmp_path: Path) -> Iterator[ClientFactory]:
+    """Start agent apps on the shared agent_runtime; each boots and closes as it would in a VM."""
     opened: list[TestClient] = []
 
     def make(
         subsystem: Subsystem = Subsystem.CHAT, data_dir: Path | None = None, **kw: Any
     ) -> tuple[TestClient, FastAPI]:
-        app = create_app(agent_config(data_dir or tmp_path / "agent", subsystem, **kw), runtime)
-        client = TestClient(app)
-        client.__enter__()
-        opened.append(client)
+        app = create_app(
+            agent_config(data_dir or tmp_path / "agent", subsystem, **kw), agent_runtime
+        )
+        agent_client = TestClient(app)
+        agent_client.__enter__()
+        opened.append(agent_client)
         assert app.state.agent.wait_ready(60), app.state.agent.error
-        return client, app
+        return agent_client, app
 
     yield make
-    for client in reversed(opened):
-        client.__exit__(None, None, None)
+    for agent_client in reversed(opened):
+        agent_client.__exit__(None, None, None)
 
 
 @pytest.fixture
-def client(make_client: ClientFactory) -> TestClient:
-    return make_client()[0]
+def agent_client(make_agent_client: ClientFactory) -> TestClient:
+    return make_agent_client()[0]
 
 
 def chat_body(text: str, max_tokens: int = 16, **somnus: Any) -> dict[str, Any]:

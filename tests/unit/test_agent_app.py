@@ -9,11 +9,19 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.routing import Route
 
 from guest_agent.app import create_app
-from guest_agent.protocol import Subsystem
+from guest_agent.protocol import ChatCompletionRequest, Subsystem
 from guest_agent.runtime import ModelRuntime
-from tests.unit.conftest import AUTH, ClientFactory, agent_config, chat_body, model_config
+from tests.unit.conftest import (
+    AUTH,
+    TEST_CTX,
+    ClientFactory,
+    agent_config,
+    chat_body,
+    model_config,
+)
 
 EXPECTED_PATHS = {
     "/health", "/info", "/model", "/v1/models", "/v1/chat/completions", "/v1/embeddings",
@@ -22,48 +30,49 @@ EXPECTED_PATHS = {
 }  # fmt: skip
 
 
-def test_every_route_requires_the_token(tmp_path: Path, runtime: ModelRuntime) -> None:
-    app = create_app(agent_config(tmp_path), runtime)
-    client = TestClient(app)
+def test_every_route_requires_the_token(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
+    app = create_app(agent_config(tmp_path), agent_runtime)
+    agent_client = TestClient(app)
     # Generated from the app itself, so a route added later is covered too.
     routes = [
         (method, re.sub(r"\{[^}]+\}", "x", route.path))
         for route in app.routes
-        for method in sorted(getattr(route, "methods", None) or ())
+        if isinstance(route, Route)  # APIRoute and any plain Starlette route
+        for method in sorted(route.methods or ())
     ]
     assert {path for _, path in routes} >= EXPECTED_PATHS
     for method, path in routes:
-        missing = client.request(method, path)
+        missing = agent_client.request(method, path)
         assert missing.status_code == 401, (method, path)
-        wrong = client.request(method, path, headers={"Authorization": "Bearer " + "w" * 40})
+        wrong = agent_client.request(method, path, headers={"Authorization": "Bearer " + "w" * 40})
         assert wrong.status_code == 403, (method, path)
         assert wrong.json()["error"] == "wrong token"
     # No framework page is left open either.
     for path in ("/docs", "/redoc"):
-        assert client.get(path).status_code in (401, 404), path
-    assert client.get("/openapi.json", headers=AUTH).json()["info"]["title"]
+        assert agent_client.get(path).status_code in (401, 404), path
+    assert agent_client.get("/openapi.json", headers=AUTH).json()["info"]["title"]
 
 
-def test_health_says_loading_until_ready(tmp_path: Path, runtime: ModelRuntime) -> None:
-    app = create_app(agent_config(tmp_path), runtime)
-    client = TestClient(app)  # not entered: startup (model + memory boot) has not run
-    assert client.get("/health", headers=AUTH).json()["status"] == "loading"
-    refused = client.post("/v1/chat/completions", json=chat_body("Hi"), headers=AUTH)
+def test_health_says_loading_until_ready(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
+    app = create_app(agent_config(tmp_path), agent_runtime)
+    agent_client = TestClient(app)  # not entered: startup (model + memory boot) has not run
+    assert agent_client.get("/health", headers=AUTH).json()["status"] == "loading"
+    refused = agent_client.post("/v1/chat/completions", json=chat_body("Hi"), headers=AUTH)
     assert refused.status_code == 503 and "loading" in refused.json()["error"]
     assert refused.headers["retry-after"]
-    with client:
+    with agent_client:
         assert app.state.agent.wait_ready(60)
-        health = client.get("/health", headers=AUTH).json()
-        assert health["status"] == "ok" and health["model"] == runtime.model_id
+        health = agent_client.get("/health", headers=AUTH).json()
+        assert health["status"] == "ok" and health["model"] == agent_runtime.model_id
 
 
 def test_own_runtime_loads_in_background(tmp_path: Path) -> None:
     app = create_app(agent_config(tmp_path))
-    with TestClient(app) as client:
+    with TestClient(app) as agent_client:
         assert app.state.agent.wait_ready(60)
-        assert client.get("/health", headers=AUTH).json()["status"] == "ok"
-        status = client.get("/model", headers=AUTH).json()
-        assert status["state"] == "ready" and status["n_ctx"] == 1024
+        assert agent_client.get("/health", headers=AUTH).json()["status"] == "ok"
+        status = agent_client.get("/model", headers=AUTH).json()
+        assert status["state"] == "ready" and status["n_ctx"] == TEST_CTX
         assert status["n_ctx_train"] == 8192 and status["load_seconds"] > 0
 
 
@@ -72,22 +81,24 @@ def test_load_failure_is_reported(tmp_path: Path) -> None:
     bad.write_bytes(b"onnx")
     config = agent_config(tmp_path).model_copy(update={"model": model_config(model_path=str(bad))})
     app = create_app(config)
-    with TestClient(app) as client:
+    with TestClient(app) as agent_client:
         app.state.agent.wait_ready(60)
-        health = client.get("/health", headers=AUTH).json()
+        health = agent_client.get("/health", headers=AUTH).json()
         assert health["status"] == "error" and "not supported" in health["error"]
-        refused = client.post("/v1/chat/completions", json=chat_body("Hi"), headers=AUTH)
+        refused = agent_client.post("/v1/chat/completions", json=chat_body("Hi"), headers=AUTH)
         assert refused.status_code == 503 and "failed to load" in refused.json()["error"]
 
 
-def test_full_queue_answers_503_without_waiting(make_client: ClientFactory) -> None:
-    client, app = make_client(max_queue=1)
+def test_full_queue_answers_503_without_waiting(make_agent_client: ClientFactory) -> None:
+    agent_client, app = make_agent_client(max_queue=1)
     gate = app.state.agent.gate
     gate.enter()  # a request is running on the model
     queued: list[int] = []
     waiter = threading.Thread(
         target=lambda: queued.append(
-            client.post("/v1/chat/completions", json=chat_body("Hi", 4), headers=AUTH).status_code
+            agent_client.post(
+                "/v1/chat/completions", json=chat_body("Hi", 4), headers=AUTH
+            ).status_code
         )
     )
     waiter.start()
@@ -101,7 +112,7 @@ def test_full_queue_answers_503_without_waiting(make_client: ClientFactory) -> N
         ("/v1/embeddings", {"input": "hello"}),
         ("/memory/search", {"query": "hello"}),
     ):
-        full = client.post(path, json=body, headers=AUTH)
+        full = agent_client.post(path, json=body, headers=AUTH)
         assert full.status_code == 503, path
         assert "busy" in full.json()["error"] and full.headers["retry-after"]
     assert time.monotonic() - started < 2  # refused at once, not after a wait
@@ -111,37 +122,43 @@ def test_full_queue_answers_503_without_waiting(make_client: ClientFactory) -> N
     assert gate.in_flight == 0
 
 
-def test_streaming_releases_the_slot(make_client: ClientFactory) -> None:
-    client, app = make_client(max_queue=0)
+def test_streaming_releases_the_slot(make_agent_client: ClientFactory) -> None:
+    agent_client, app = make_agent_client(max_queue=0)
     for _ in range(2):  # a leaked slot would turn the second into a 503
-        r = client.post(
+        r = agent_client.post(
             "/v1/chat/completions", json=chat_body("Hi", 4) | {"stream": True}, headers=AUTH
         )
         assert r.status_code == 200 and r.text.rstrip().endswith("data: [DONE]")
     assert app.state.agent.gate.in_flight == 0
 
 
-def test_embeddings_endpoint(client: TestClient, runtime: ModelRuntime) -> None:
-    r = client.post("/v1/embeddings", json={"input": ["a dog", "a cat"]}, headers=AUTH)
+def test_embeddings_endpoint(agent_client: TestClient, agent_runtime: ModelRuntime) -> None:
+    r = agent_client.post("/v1/embeddings", json={"input": ["a dog", "a cat"]}, headers=AUTH)
     assert r.status_code == 200
     body = r.json()
     assert [d["index"] for d in body["data"]] == [0, 1]
-    assert len(body["data"][0]["embedding"]) == runtime.embedding_dim
+    assert len(body["data"][0]["embedding"]) == agent_runtime.embedding_dim
     assert body["usage"]["prompt_tokens"] > 0
-    too_long = client.post("/v1/embeddings", json={"input": "word " * 3000}, headers=AUTH)
+    too_long = agent_client.post("/v1/embeddings", json={"input": "word " * 3000}, headers=AUTH)
     assert too_long.status_code == 400 and "embedding context" in too_long.json()["error"]
 
 
-def test_models_and_info(client: TestClient, runtime: ModelRuntime) -> None:
-    assert client.get("/v1/models", headers=AUTH).json()["data"][0]["id"] == runtime.model_id
-    info = client.get("/info", headers=AUTH).json()
+def test_models_and_info(agent_client: TestClient, agent_runtime: ModelRuntime) -> None:
+    assert (
+        agent_client.get("/v1/models", headers=AUTH).json()["data"][0]["id"]
+        == agent_runtime.model_id
+    )
+    info = agent_client.get("/info", headers=AUTH).json()
     assert info["packages"]["llama_cpp_python"] != "missing"
 
 
 @pytest.mark.parametrize("subsystem", list(Subsystem))
-def test_prompt_strategy_per_subsystem(make_client: ClientFactory, subsystem: Subsystem) -> None:
-    client, _ = make_client(subsystem)
-    r = client.post("/v1/chat/completions", json=chat_body("Hello", 4), headers=AUTH).json()
-    expected = "prompt_manager" if subsystem is Subsystem.RESEARCH else "modifying_prompts"
-    assert r["somnus"]["strategy"] == expected
-    assert r["somnus"]["role"] == ("Researcher" if subsystem is Subsystem.RESEARCH else None)
+def test_prompt_strategy_per_subsystem(
+    make_agent_client: ClientFactory, subsystem: Subsystem
+) -> None:
+    _, app = make_agent_client(subsystem)
+    turn = app.state.agent.engine.prepare(ChatCompletionRequest.model_validate(chat_body("Hello")))
+    report = turn.report()
+    research = subsystem is Subsystem.RESEARCH
+    assert report.strategy == ("prompt_manager" if research else "modifying_prompts")
+    assert report.role == ("Researcher" if research else None)

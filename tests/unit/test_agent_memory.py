@@ -37,10 +37,10 @@ QUERIES = {
 
 
 def open_memory(
-    path: Path, runtime: ModelRuntime, kind: IndexKind = IndexKind.FLAT
+    path: Path, agent_runtime: ModelRuntime, kind: IndexKind = IndexKind.FLAT
 ) -> MemoryManager:
     memory = MemoryManager(path, kind)
-    memory.attach(runtime)
+    memory.attach(agent_runtime)
     return memory
 
 
@@ -57,15 +57,17 @@ def top(memory: MemoryManager, query: str, **kw: object) -> str | None:
 
 
 @pytest.mark.parametrize("kind", [IndexKind.FLAT, IndexKind.HNSW])
-def test_search_finds_by_meaning(tmp_path: Path, runtime: ModelRuntime, kind: IndexKind) -> None:
-    memory = open_memory(tmp_path, runtime, kind)
+def test_search_finds_by_meaning(
+    tmp_path: Path, agent_runtime: ModelRuntime, kind: IndexKind
+) -> None:
+    memory = open_memory(tmp_path, agent_runtime, kind)
     ids = fill(memory)
     for key, query in QUERIES.items():
         assert top(memory, query) == ids[key], query
 
 
-def test_get_by_id_and_dedup(tmp_path: Path, runtime: ModelRuntime) -> None:
-    memory = open_memory(tmp_path, runtime)
+def test_get_by_id_and_dedup(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
+    memory = open_memory(tmp_path, agent_runtime)
     first = memory.add(
         MemoryCreate(content="Biscuit  is the dog.", importance=MemoryImportance.LOW)
     )
@@ -82,8 +84,8 @@ def test_get_by_id_and_dedup(tmp_path: Path, runtime: ModelRuntime) -> None:
         memory.get_memory_by_id("no-such-id")
 
 
-def test_type_and_importance_filters(tmp_path: Path, runtime: ModelRuntime) -> None:
-    memory = open_memory(tmp_path, runtime)
+def test_type_and_importance_filters(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
+    memory = open_memory(tmp_path, agent_runtime)
     doc = memory.add(MemoryCreate(content=FACTS["dog"], memory_type=MemoryType.DOCUMENT))
     note = memory.add(
         MemoryCreate(
@@ -105,19 +107,23 @@ def test_type_and_importance_filters(tmp_path: Path, runtime: ModelRuntime) -> N
     assert top(memory, query, memory_types=[MemoryType.DEV_SESSION]) is None
 
 
-def test_survives_restart_and_reuses_saved_index(tmp_path: Path, runtime: ModelRuntime) -> None:
-    memory = open_memory(tmp_path, runtime)
+def test_survives_restart_and_reuses_saved_index(
+    tmp_path: Path, agent_runtime: ModelRuntime
+) -> None:
+    memory = open_memory(tmp_path, agent_runtime)
     ids = fill(memory)
     memory.close()  # flushes: index written, WAL checkpointed
-    again = open_memory(tmp_path, runtime)
+    again = open_memory(tmp_path, agent_runtime)
     assert not again.rebuilt_on_attach
     assert again.get_memory_by_id(ids["dog"]).content == FACTS["dog"]
     assert top(again, QUERIES["deadline"]) == ids["deadline"]
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt", "stale"])
-def test_index_rebuilt_from_sqlite(tmp_path: Path, runtime: ModelRuntime, damage: str) -> None:
-    memory = open_memory(tmp_path, runtime)
+def test_index_rebuilt_from_sqlite(
+    tmp_path: Path, agent_runtime: ModelRuntime, damage: str
+) -> None:
+    memory = open_memory(tmp_path, agent_runtime)
     ids = fill(memory)
     memory.flush()
     if damage == "delete":
@@ -129,7 +135,7 @@ def test_index_rebuilt_from_sqlite(tmp_path: Path, runtime: ModelRuntime, damage
             MemoryCreate(content="The boat is painted green.")
         ).memory.memory_id
     memory.store.close()  # no flush: simulates a crash
-    again = open_memory(tmp_path, runtime)
+    again = open_memory(tmp_path, agent_runtime)
     assert again.rebuilt_on_attach
     assert again.index_size == len(ids)
     assert top(again, QUERIES["python"]) == ids["python"]
@@ -137,8 +143,8 @@ def test_index_rebuilt_from_sqlite(tmp_path: Path, runtime: ModelRuntime, damage
         assert top(again, "What colour is the boat?") == ids["late"]
 
 
-def test_delete_and_retention(tmp_path: Path, runtime: ModelRuntime) -> None:
-    memory = open_memory(tmp_path, runtime)
+def test_delete_and_retention(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
+    memory = open_memory(tmp_path, agent_runtime)
     ids = fill(memory)
     memory.delete(ids["dog"])
     assert top(memory, QUERIES["dog"]) != ids["dog"]
@@ -157,12 +163,12 @@ def test_delete_and_retention(tmp_path: Path, runtime: ModelRuntime) -> None:
     assert memory.get_memory_by_id(kept.memory_id).content == "Core rule."
 
 
-def test_export_import_round_trip(tmp_path: Path, runtime: ModelRuntime) -> None:
-    source = open_memory(tmp_path / "a", runtime)
+def test_export_import_round_trip(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
+    source = open_memory(tmp_path / "a", agent_runtime)
     ids = fill(source)
     lines = list(source.export_lines())
     assert len(lines) == len(FACTS) and all(json.loads(line)["memory_id"] for line in lines)
-    target = open_memory(tmp_path / "b", runtime)
+    target = open_memory(tmp_path / "b", agent_runtime)
     result = target.import_lines(lines)
     assert (result.imported, result.deduplicated) == (len(FACTS), 0)
     assert target.get_memory_by_id(ids["dog"]).content == FACTS["dog"]  # ids survive the trip
@@ -173,31 +179,33 @@ def test_export_import_round_trip(tmp_path: Path, runtime: ModelRuntime) -> None
         target.import_lines(['{"content": "no id"}'])
 
 
-def test_memory_endpoints(client: TestClient) -> None:
-    r = client.post(
+def test_memory_endpoints(agent_client: TestClient) -> None:
+    r = agent_client.post(
         "/memory", json={"content": FACTS["dog"], "memory_type": "core_fact"}, headers=AUTH
     )
     assert r.status_code == 200, r.text
     memory_id = r.json()["memory"]["memory_id"]
-    assert client.post("/memory", json={"content": FACTS["dog"]}, headers=AUTH).json()[
+    assert agent_client.post("/memory", json={"content": FACTS["dog"]}, headers=AUTH).json()[
         "deduplicated"
     ]
     for text in list(FACTS.values())[1:]:
-        client.post("/memory", json={"content": text}, headers=AUTH)
-    got = client.get(f"/memory/{memory_id}", headers=AUTH).json()
+        agent_client.post("/memory", json={"content": text}, headers=AUTH)
+    got = agent_client.get(f"/memory/{memory_id}", headers=AUTH).json()
     assert got["content"] == FACTS["dog"] and got["memory_type"] == "core_fact"
-    hits = client.post("/memory/search", json={"query": QUERIES["dog"], "top_k": 3}, headers=AUTH)
+    hits = agent_client.post(
+        "/memory/search", json={"query": QUERIES["dog"], "top_k": 3}, headers=AUTH
+    )
     assert hits.json()["hits"][0]["memory"]["memory_id"] == memory_id
-    listed = client.get("/memory", params={"limit": 2}, headers=AUTH).json()
+    listed = agent_client.get("/memory", params={"limit": 2}, headers=AUTH).json()
     assert listed["total"] == len(FACTS) and len(listed["memories"]) == 2
-    exported = client.get("/memory/export", headers=AUTH)
+    exported = agent_client.get("/memory/export", headers=AUTH)
     assert exported.headers["content-type"].startswith("application/x-ndjson")
     assert len(exported.text.splitlines()) == len(FACTS)
-    imported = client.post("/memory/import", content=exported.text, headers=AUTH).json()
+    imported = agent_client.post("/memory/import", content=exported.text, headers=AUTH).json()
     assert imported == {"imported": 0, "deduplicated": len(FACTS)}
-    assert client.post("/memory/import", content="{bad", headers=AUTH).status_code == 400
-    flushed = client.post("/memory/flush", headers=AUTH).json()
+    assert agent_client.post("/memory/import", content="{bad", headers=AUTH).status_code == 400
+    flushed = agent_client.post("/memory/flush", headers=AUTH).json()
     assert flushed["memories"] == flushed["index_size"] == len(FACTS)
-    assert client.delete(f"/memory/{memory_id}", headers=AUTH).json()["deleted"]
-    assert client.get(f"/memory/{memory_id}", headers=AUTH).status_code == 404
-    assert client.delete(f"/memory/{memory_id}", headers=AUTH).status_code == 404
+    assert agent_client.delete(f"/memory/{memory_id}", headers=AUTH).json()["deleted"]
+    assert agent_client.get(f"/memory/{memory_id}", headers=AUTH).status_code == 404
+    assert agent_client.delete(f"/memory/{memory_id}", headers=AUTH).status_code == 404

@@ -39,8 +39,8 @@ def layers(memory: int = 2, context: int = 2, working: int = 4, size: int = 20) 
     )
 
 
-def test_layers_render_in_order_and_fit(runtime: ModelRuntime) -> None:
-    out = assemble(runtime, layers(), n_ctx=1024, reserve_output=64)
+def test_layers_render_in_order_and_fit(agent_runtime: ModelRuntime) -> None:
+    out = assemble(agent_runtime, layers(), n_ctx=1024, reserve_output=64)
     assert [u.layer for u in out.usage] == list(LAYER_ORDER)
     assert not out.truncated
     prompt = out.prompt
@@ -56,10 +56,10 @@ def test_layers_render_in_order_and_fit(runtime: ModelRuntime) -> None:
     assert all(u.tokens > 0 for u in out.usage)
 
 
-def test_memory_is_cut_first_lowest_relevance_first(runtime: ModelRuntime) -> None:
-    full = assemble(runtime, layers(memory=6), n_ctx=4096, reserve_output=64)
+def test_memory_is_cut_first_lowest_relevance_first(agent_runtime: ModelRuntime) -> None:
+    full = assemble(agent_runtime, layers(memory=6), n_ctx=4096, reserve_output=64)
     budget = len(full.tokens) - 30  # a little too much: only memory must give way
-    out = assemble(runtime, layers(memory=6), n_ctx=budget + 64, reserve_output=64)
+    out = assemble(agent_runtime, layers(memory=6), n_ctx=budget + 64, reserve_output=64)
     assert len(out.tokens) <= budget
     assert [t.layer for t in out.truncated] == [L.MEMORY]
     # Only the least relevant memory gave way, and only as much as needed.
@@ -71,12 +71,12 @@ def test_memory_is_cut_first_lowest_relevance_first(runtime: ModelRuntime) -> No
     assert [i.text for i in rest] == [i.text for i in layers(memory=6).memory[1:]]
 
 
-def test_policy_order_memory_context_working_then_scratchpad(runtime: ModelRuntime) -> None:
+def test_policy_order_memory_context_working_then_scratchpad(agent_runtime: ModelRuntime) -> None:
     base = layers(memory=3, context=3, working=6, size=40)
-    full = assemble(runtime, base, n_ctx=8192, reserve_output=64)
+    full = assemble(agent_runtime, base, n_ctx=8192, reserve_output=64)
     untouched = {u.layer: u.tokens for u in full.usage}
     keep_only = untouched[L.SYSTEM_IDENTITY] + untouched[L.USER_INPUT] + 120
-    out = assemble(runtime, base, n_ctx=keep_only + 64, reserve_output=64)
+    out = assemble(agent_runtime, base, n_ctx=keep_only + 64, reserve_output=64)
     cut = [t.layer for t in out.truncated]
     assert cut == [L.MEMORY, L.CONTEXT, L.WORKING_MEMORY][: len(cut)] and len(cut) == 3
     assert not out.layers.memory and not out.layers.context
@@ -88,9 +88,9 @@ def test_policy_order_memory_context_working_then_scratchpad(runtime: ModelRunti
     assert len(out.tokens) <= keep_only
 
 
-def test_oversized_item_is_shortened_not_silently_dropped(runtime: ModelRuntime) -> None:
+def test_oversized_item_is_shortened_not_silently_dropped(agent_runtime: ModelRuntime) -> None:
     big = PromptLayers(system=SYSTEM, user=USER, context=[LayerItem(filler("x", 600))])
-    out = assemble(runtime, big, n_ctx=512, reserve_output=64)
+    out = assemble(agent_runtime, big, n_ctx=512, reserve_output=64)
     assert len(out.tokens) <= 512 - 64
     (record,) = out.truncated
     assert record.layer is L.CONTEXT and record.items_shortened == 1 and record.items_dropped == 0
@@ -99,21 +99,21 @@ def test_oversized_item_is_shortened_not_silently_dropped(runtime: ModelRuntime)
     assert record.tokens_removed > 500
 
 
-def test_system_and_user_input_are_never_cut(runtime: ModelRuntime) -> None:
+def test_system_and_user_input_are_never_cut(agent_runtime: ModelRuntime) -> None:
     huge_user = PromptLayers(system=SYSTEM, user=filler("q", 800))
     with pytest.raises(ContextOverflow, match="never cut"):
-        assemble(runtime, huge_user, n_ctx=512, reserve_output=64)
+        assemble(agent_runtime, huge_user, n_ctx=512, reserve_output=64)
 
 
-def test_output_reservation_must_leave_room(runtime: ModelRuntime) -> None:
+def test_output_reservation_must_leave_room(agent_runtime: ModelRuntime) -> None:
     with pytest.raises(ContextOverflow, match="leaves no room"):
-        assemble(runtime, layers(), n_ctx=512, reserve_output=512)
+        assemble(agent_runtime, layers(), n_ctx=512, reserve_output=512)
 
 
-def test_inspection_withholds_scratchpad_text(runtime: ModelRuntime) -> None:
+def test_inspection_withholds_scratchpad_text(agent_runtime: ModelRuntime) -> None:
     from guest_agent.protocol import PromptStrategyName
 
-    out = assemble(runtime, layers(), n_ctx=1024, reserve_output=64)
+    out = assemble(agent_runtime, layers(), n_ctx=1024, reserve_output=64)
     view = out.inspection(PromptStrategyName.MODIFYING_PROMPTS, None)
     pad = next(v for v in view.layers if v.layer is L.INTERNAL_SCRATCHPAD)
     assert pad.tokens > 0 and all(m.content == "[withheld]" for m in pad.messages)

@@ -1,4 +1,4 @@
-"""Model runtime on the real SmolLM2: context from GGUF, formats, quantization, embeddings."""
+"""Model agent_runtime on the real SmolLM2: context from GGUF, formats, quantization, embeddings."""
 
 from __future__ import annotations
 
@@ -39,15 +39,15 @@ def test_context_length_setting_is_capped_at_trained(tmp_path: Path) -> None:
     assert rt.n_ctx == 8192
 
 
-def test_session_runtime_uses_requested_window(runtime: ModelRuntime) -> None:
-    status = runtime.status()
-    assert status.state is ModelState.READY and runtime.n_ctx == TEST_CTX
-    assert status.file_type == "Q4_1" and status.embedding_dim == runtime.embedding_dim == 576
+def test_session_runtime_uses_requested_window(agent_runtime: ModelRuntime) -> None:
+    status = agent_runtime.status()
+    assert status.state is ModelState.READY and agent_runtime.n_ctx == TEST_CTX
+    assert status.file_type == "Q4_1" and status.embedding_dim == agent_runtime.embedding_dim == 576
 
 
-def test_greedy_generation_is_repeatable(runtime: ModelRuntime) -> None:
-    first = answer(runtime, "What is the capital of France?")
-    assert first and answer(runtime, "What is the capital of France?") == first
+def test_greedy_generation_is_repeatable(agent_runtime: ModelRuntime) -> None:
+    first = answer(agent_runtime, "What is the capital of France?")
+    assert first and answer(agent_runtime, "What is the capital of France?") == first
 
 
 @pytest.mark.parametrize(
@@ -98,26 +98,26 @@ def test_quantization_to_8_bits_loads_answers_and_is_cached(tmp_path: Path) -> N
     assert again.reused and again.path.stat().st_mtime_ns == mtime
 
 
-def test_embeddings_are_normalised_and_meaningful(runtime: ModelRuntime) -> None:
+def test_embeddings_are_normalised_and_meaningful(agent_runtime: ModelRuntime) -> None:
     texts = ["The user's dog is named Biscuit.", "Quarterly revenue grew by 12 percent."]
-    docs = runtime.embed(texts, truncate=False)
+    docs = agent_runtime.embed(texts, truncate=False)
     assert docs.vectors.shape == (2, 576)
     assert np.allclose(np.linalg.norm(docs.vectors, axis=1), 1.0, atol=1e-4)
-    query = runtime.embed(["What is my dog called?"], truncate=False).vectors[0]
+    query = agent_runtime.embed(["What is my dog called?"], truncate=False).vectors[0]
     scores = docs.vectors @ query
     assert scores[0] > scores[1]
 
 
-def test_overlong_embedding_input_is_refused_or_reported(runtime: ModelRuntime) -> None:
+def test_overlong_embedding_input_is_refused_or_reported(agent_runtime: ModelRuntime) -> None:
     long_text = "memory " * 2000
     with pytest.raises(InputTooLong):
-        runtime.embed([long_text], truncate=False)
-    result = runtime.embed([long_text, "short"], truncate=True)
+        agent_runtime.embed([long_text], truncate=False)
+    result = agent_runtime.embed([long_text, "short"], truncate=True)
     assert result.truncated == [True, False]
-    assert result.token_counts[0] == runtime.embedding_context
+    assert result.token_counts[0] == agent_runtime.embedding_context
 
 
-def test_generation_refuses_to_overflow_the_window(runtime: ModelRuntime) -> None:
-    tokens = runtime.prompt_tokens("word " * (TEST_CTX - 10))
+def test_generation_refuses_to_overflow_the_window(agent_runtime: ModelRuntime) -> None:
+    tokens = agent_runtime.prompt_tokens("word " * (TEST_CTX - 10))
     with pytest.raises(InputTooLong, match="exceed the context window"):
-        list(runtime.generate(tokens, GREEDY))
+        list(agent_runtime.generate(tokens, GREEDY))
