@@ -74,6 +74,25 @@ def run(target: SSHTarget, command: str, timeout_s: float = 120.0) -> CommandRes
         client.close()
 
 
+def put_file(target: SSHTarget, local: Path, remote: str, timeout_s: float = 600.0) -> None:
+    """Copy a file into the guest over SFTP (as the guest user)."""
+    try:
+        client = _connect(target, timeout_s=20.0)
+    except (paramiko.SSHException, OSError) as exc:
+        raise GuestError(f"SSH to {target.host}:{target.port} failed: {exc}") from exc
+    try:
+        sftp = client.open_sftp()
+        channel = sftp.get_channel()
+        if channel is not None:
+            channel.settimeout(timeout_s)
+        sftp.put(str(local), remote)
+        sftp.close()
+    except (TimeoutError, paramiko.SSHException, OSError) as exc:
+        raise GuestError(f"copy of {local.name} into the guest failed: {exc}") from exc
+    finally:
+        client.close()
+
+
 def try_run(target: SSHTarget, command: str, timeout_s: float) -> CommandResult | None:
     """Like :func:`run`, but ``None`` while the guest is not reachable yet."""
     try:

@@ -15,6 +15,7 @@ from orchestrator.cli.chat import chat, memory_app, prompt_app
 from orchestrator.cli.common import err
 from orchestrator.cli.demo import demo
 from orchestrator.cli.image import image_app
+from orchestrator.cli.model import model_app
 from orchestrator.cli.serve import api_app, serve
 from orchestrator.cli.session import session_app
 from orchestrator.cli.snapshot import snapshot_app
@@ -33,6 +34,7 @@ app.command()(status)
 app.command()(chat)
 app.add_typer(memory_app, name="memory")
 app.add_typer(prompt_app, name="prompt")
+app.add_typer(model_app, name="model")
 app.command()(serve)
 app.add_typer(api_app, name="api")
 vm_app.add_typer(snapshot_app, name="snapshot")

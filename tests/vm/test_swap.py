@@ -12,8 +12,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
 
@@ -27,6 +28,7 @@ from orchestrator.vms import VMService
 
 pytestmark = pytest.mark.vm
 
+T = TypeVar("T")
 A, B = "swap-a", "swap-b"
 MEMORY_MIB = 768
 
@@ -63,9 +65,9 @@ def memory_kept(service: VMService, name: str) -> bool:
 
 
 @contextmanager
-def sampling(service: VMService, sample: callable) -> Iterator[list[object]]:  # type: ignore[valid-type]
+def sampling(sample: Callable[[], T]) -> Iterator[list[T]]:
     """Call ``sample`` every 50 ms in a thread while the block runs."""
-    samples: list[object] = []
+    samples: list[T] = []
     stop = threading.Event()
 
     def loop() -> None:
@@ -88,11 +90,11 @@ def test_single_active_a_b_a_keeps_one_running_and_state_intact(
     swap = engine(service)
     swap.activate(A, settle_in_background=False)
     assert running(service) == {A}
-    with sampling(service, lambda: running(service)) as samples:
+    with sampling(lambda: running(service)) as samples:
         to_b = swap.activate(B, settle_in_background=False)
         back = swap.activate(A, settle_in_background=False)
     assert to_b.path == "restored" and back.path == "restored"
-    assert samples and all(len(s) <= 1 for s in samples), samples  # type: ignore[arg-type]
+    assert samples and all(len(s) <= 1 for s in samples), samples
     assert service.store.get_vm(B).state is VMState.SAVED
     assert memory_kept(service, A)
     assert service.hv.has_managed_save(service.domain_name(B))
@@ -122,10 +124,10 @@ def test_budget_is_never_exceeded_while_swapping(service: VMService,
             return sum(qemu_rss_mib(service.hv, service.domain_name(n)) for n in (A, B)
                        if service.hv.is_active(service.domain_name(n)))
 
-        with sampling(service, total) as samples:
+        with sampling(total) as samples:
             for target in (B, A, B, A):
                 swap.activate(target, settle_in_background=False)
-        peak = max(samples)  # type: ignore[type-var]
+        peak = max(samples)
         assert peak <= settings.memory_budget_mib, (peak, settings.memory_budget_mib)
         assert memory_kept(service, A)
     finally:
@@ -160,7 +162,7 @@ def test_killed_mid_swap_the_next_command_reconciles(
     assert foreground == (current if expected is SwapOutcome.ROLLED_BACK else target)
     assert running(service) == {foreground}  # no VM lost, none running twice
     engine(service).settle()
-    assert memory_kept(service, foreground)  # type: ignore[arg-type]
+    assert foreground is not None and memory_kept(service, foreground)
 
 
 def test_corrupt_save_file_falls_back_to_cold_boot_with_data_intact(
