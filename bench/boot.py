@@ -8,16 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import sys
-import tempfile
 import time
-from pathlib import Path
 
+from bench.vmhome import log, scratch_service
 from guest_agent.protocol import Subsystem
-from images.builder import build_image
-from orchestrator.config import Settings
 from orchestrator.vms import VMService
 
 
@@ -39,31 +33,19 @@ def main() -> None:
     parser.add_argument("--vcpus", type=int, default=2)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="somnus-bench-", dir="/var/tmp"))
-    home.chmod(0o755)
-    os.environ.update(SOMNUS_HOME=str(home), SOMNUS_DOMAIN_PREFIX=f"somnus-b{os.getpid()}-",
-                      SOMNUS_PORT_RANGE_START="45000", SOMNUS_PORT_RANGE_END="45999")
-    settings = Settings()
-    build_image(settings, progress=lambda m: print(m, file=sys.stderr))
-    service = VMService(settings)
-    started = time.monotonic()
-    try:
+    with scratch_service() as service:
+        started = time.monotonic()
         record, stages = service.create("bench", Subsystem.CHAT, args.memory, args.vcpus,
-                                        progress=lambda m: print(m, file=sys.stderr))
-        total = time.monotonic() - started
+                                        progress=log)
         figures = {
             "bench": "boot",
             "accel": record.accel,
             "memory_mib": args.memory,
             "vcpus": args.vcpus,
             "stages_s": stages,
-            "create_to_agent_ready_s": round(total, 2),
+            "create_to_agent_ready_s": round(time.monotonic() - started, 2),
             **guest_blame(service, "bench"),
         }
-    finally:
-        if service.store.find_vm("bench"):
-            service.delete("bench")
-        shutil.rmtree(home, ignore_errors=True)
     print(json.dumps(figures))
 
 

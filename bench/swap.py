@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
-import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import psutil
 
+from bench.vmhome import log, scratch_service
 from guest_agent.protocol import Subsystem
-from images.builder import build_image
 from orchestrator.budget import qemu_rss_mib
-from orchestrator.config import Settings
 from orchestrator.swap import SwapEngine
 from orchestrator.vms import VMService
 
@@ -78,16 +72,8 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=1024)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="somnus-bench-", dir="/var/tmp"))
-    home.chmod(0o755)
-    os.environ.update(SOMNUS_HOME=str(home), SOMNUS_DOMAIN_PREFIX=f"somnus-b{os.getpid()}-",
-                      SOMNUS_PORT_RANGE_START="45000", SOMNUS_PORT_RANGE_END="45999")
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    settings = Settings()
-    build_image(settings, progress=log)
-    service = VMService(settings)
-    engine = SwapEngine(service)
-    try:
+    with scratch_service() as service:
+        engine = SwapEngine(service)
         for name in NAMES:
             service.create(name, Subsystem.CHAT, memory_mib=args.memory, wait=False)
         for name in NAMES:
@@ -127,11 +113,6 @@ def main() -> None:
                 statistics.mean(save_sizes) / 2**20 / (args.memory / 1024), 1)
             if save_sizes else None,
         }
-    finally:
-        for name in NAMES:
-            if service.store.find_vm(name):
-                service.delete(name)
-        shutil.rmtree(home, ignore_errors=True)
     print(json.dumps(figures))
 
 
