@@ -6,6 +6,8 @@ written before first boot and host keys are always verified.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +76,10 @@ def run(target: SSHTarget, command: str, timeout_s: float = 120.0) -> CommandRes
         client.close()
 
 
-def put_file(target: SSHTarget, local: Path, remote: str, timeout_s: float = 600.0) -> None:
-    """Copy a file into the guest over SFTP (as the guest user)."""
+@contextmanager
+def _sftp(target: SSHTarget, timeout_s: float) -> Iterator[paramiko.SFTPClient]:
     try:
-        client = _connect(target, timeout_s=20.0)
+        client = _connect(target, timeout_s=min(timeout_s, 20.0))
     except (paramiko.SSHException, OSError) as exc:
         raise GuestError(f"SSH to {target.host}:{target.port} failed: {exc}") from exc
     try:
@@ -85,12 +87,23 @@ def put_file(target: SSHTarget, local: Path, remote: str, timeout_s: float = 600
         channel = sftp.get_channel()
         if channel is not None:
             channel.settimeout(timeout_s)
-        sftp.put(str(local), remote)
-        sftp.close()
+        yield sftp
     except (TimeoutError, paramiko.SSHException, OSError) as exc:
-        raise GuestError(f"copy of {local.name} into the guest failed: {exc}") from exc
+        raise GuestError(f"SFTP transfer failed: {exc}") from exc
     finally:
         client.close()
+
+
+def put_file(target: SSHTarget, local: Path, remote: str, timeout_s: float = 300.0) -> None:
+    """Copy a host file into the guest (SFTP)."""
+    with _sftp(target, timeout_s) as sftp:
+        sftp.put(str(local), remote)
+
+
+def get_file(target: SSHTarget, remote: str, local: Path, timeout_s: float = 300.0) -> None:
+    """Copy a guest file to the host (SFTP)."""
+    with _sftp(target, timeout_s) as sftp:
+        sftp.get(remote, str(local))
 
 
 def try_run(target: SSHTarget, command: str, timeout_s: float) -> CommandResult | None:

@@ -80,7 +80,7 @@ def test_create_activate_chat_stop_through_the_api(api: httpx.Client,
         wait_model_ready(service, NAME)
         body = {"message": "Say hello.", "stream": True, "max_tokens": 16, "temperature": 0}
         with api.stream("POST", "/chat", json=body) as stream:
-            assert stream.status_code == 200
+            assert stream.status_code == 200, stream.read().decode()
             data = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]
         assert data[-1] == "[DONE]", data[-3:]
         chunks = [json.loads(x) for x in data[:-1]]
