@@ -76,9 +76,12 @@ def test_memory_add_search_export_import(booted_vm: str, vm_env: dict[str, str],
     added = somnus(vm_env, "memory", "add", booted_vm,
                    "The project codename is Nightingale.", "--importance", "high", "--json")
     assert added.returncode == 0, added.stderr
-    found = somnus(vm_env, "memory", "search", booted_vm, "What is the codename?", "--json")
+    # SmolLM2's mean-pooled embeddings rank loosely; the type filter makes the top hit exact.
+    found = somnus(vm_env, "memory", "search", booted_vm, "What is the codename?",
+                   "--type", "core_fact", "--json")
     hits = json.loads(found.stdout)["hits"]
     assert hits and "Nightingale" in hits[0]["memory"]["content"]
+    assert all(hit["memory"]["memory_type"] == "core_fact" for hit in hits)
 
     exported = somnus(vm_env, "memory", "export", booted_vm)
     lines = exported.stdout.splitlines()
@@ -93,7 +96,8 @@ def test_memory_survives_an_agent_restart(booted_vm: str, service: VMService,
                                           vm_env: dict[str, str]) -> None:
     assert service.run(booted_vm, "sudo systemctl restart somnus-agent").exit_code == 0
     wait_model_ready(service, booted_vm)
-    found = somnus(vm_env, "memory", "search", booted_vm, "codename", "--json")
+    found = somnus(vm_env, "memory", "search", booted_vm, "codename", "--type", "core_fact",
+                   "--json")
     assert "Nightingale" in json.loads(found.stdout)["hits"][0]["memory"]["content"]
 
 
