@@ -113,10 +113,48 @@ def run_remote(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[s
     return runs[1:], {"model": health.get("loaded_path"), "n_ctx": health.get("n_ctx")}
 
 
+def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
+    def p50(key: str) -> float:
+        return round(statistics.median(r[key] for r in runs), 2)
+
+    return {
+        "runs": len(runs),
+        "prompt_tokens": int(runs[0]["prompt_tokens"]),
+        "completion_tokens_p50": p50("completion_tokens"),
+        "ttft_ms_p50": p50("ttft_ms"),
+        "decode_tokens_per_s_p50": p50("decode_tokens_per_s"),
+        "e2e_tokens_per_s_p50": p50("e2e_tokens_per_s"),
+    }
+
+
+def run_in_scratch_vm(args: argparse.Namespace) -> dict[str, Any]:
+    """Boot a VM of our own, measure its agent, delete it."""
+    from bench.vmhome import log, scratch_service
+    from guest_agent.protocol import AgentStatus, Subsystem
+    from orchestrator.errors import GuestError
+
+    with scratch_service() as service:
+        record, _ = service.create("infer", Subsystem.CHAT, progress=log)
+        agent = service.agent(record)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if agent.health().status is AgentStatus.OK:
+                    break
+            except GuestError:
+                pass
+            time.sleep(1)
+        args.url, args.token = agent.base_url, service.paths("infer").token.read_text()
+        runs, extra = run_remote(args)
+        return {**summarise(runs), **extra, "accel": record.accel}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", help="agent base URL, e.g. http://127.0.0.1:42902")
     parser.add_argument("--token", help="the VM's agent token (with --url)")
+    parser.add_argument("--vm", action="store_true",
+                        help="also boot a scratch VM and compare it with the host")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
@@ -125,31 +163,27 @@ def main() -> None:
     args = parser.parse_args()
     if args.url and not args.token:
         parser.error("--url needs --token")
-    runs, extra = run_remote(args) if args.url else run_local(args)
-
-    def p50(key: str) -> float:
-        return round(statistics.median(r[key] for r in runs), 2)
-
-    print(
-        json.dumps(
-            {
-                "bench": "inference",
-                "target": args.url or "local",
-                "prompt": PROMPT,
-                "runs": len(runs),
-                "max_tokens": args.max_tokens,
-                "threads": args.threads if not args.url else None,
-                "prompt_tokens": int(runs[0]["prompt_tokens"]),
-                "completion_tokens_p50": p50("completion_tokens"),
-                "ttft_ms_p50": p50("ttft_ms"),
-                "decode_tokens_per_s_p50": p50("decode_tokens_per_s"),
-                "e2e_tokens_per_s_p50": p50("e2e_tokens_per_s"),
-                # The host is shared (image builds, VMs): read the figures against it.
-                "host_loadavg_1m": round(os.getloadavg()[0], 2),
-                **extra,
-            }
-        )
-    )
+    figures: dict[str, Any] = {"bench": "inference", "prompt": PROMPT,
+                               "max_tokens": args.max_tokens}
+    if args.vm:
+        figures["vm"] = run_in_scratch_vm(args)
+        args.url = None
+    if args.url:
+        runs, extra = run_remote(args)
+        figures.update(target=args.url, **summarise(runs), **extra)
+    else:
+        runs, extra = run_local(args)
+        figures.update(target="local", threads=args.threads, **summarise(runs), **extra)
+    if args.vm:
+        host, vm = figures, figures["vm"]
+        figures["vm_over_host"] = {
+            "decode_tokens_per_s": round(vm["decode_tokens_per_s_p50"]
+                                         / host["decode_tokens_per_s_p50"], 4),
+            "ttft": round(vm["ttft_ms_p50"] / host["ttft_ms_p50"], 1),
+        }
+    # The host is shared (image builds, VMs): read the figures against it.
+    figures["host_loadavg_1m"] = round(os.getloadavg()[0], 2)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":

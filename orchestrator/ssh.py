@@ -6,6 +6,7 @@ written before first boot and host keys are always verified.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,9 @@ import paramiko
 from orchestrator.errors import GuestError
 
 LOOPBACK = "127.0.0.1"
+# While a guest boots, every probe fails; paramiko would log each failure with a
+# traceback. Failures reach the caller as GuestError instead.
+logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
 @dataclass(frozen=True)
