@@ -81,12 +81,14 @@ def main() -> None:
         engine.activate(NAMES[0], settle_in_background=False)
         engine.activate(NAMES[1], settle_in_background=False)  # both have been saved once
         ours: list[float] = []
+        phases: list[dict[str, float]] = []
         naive: list[float] = []
         with PeakRSS(service) as peak:
             for i in range(args.rounds):
                 target = NAMES[i % 2]
                 result = engine.activate(target, settle_in_background=False)
                 ours.append(result.seconds)
+                phases.append(result.timings)
                 log(f"ours  -> {target}: {result.path} {result.seconds:.3f}s")
             current = service.store.foreground()
             for i in range(args.rounds):
@@ -108,6 +110,8 @@ def main() -> None:
             "naive_p50_s": percentile(naive, 0.5),
             "naive_p95_s": percentile(naive, 0.95),
             "naive_over_ours_p50": round(statistics.median(naive) / statistics.median(ours), 2),
+            "ours_phase_p50_s": {k: round(statistics.median(p[k] for p in phases), 3)
+                                 for k in phases[0]},
             "peak_host_rss_mib": peak.peak_mib,
             "saved_state_mib_per_guest_gib": round(
                 statistics.mean(save_sizes) / 2**20 / (args.memory / 1024), 1)

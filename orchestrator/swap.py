@@ -46,6 +46,19 @@ def _fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class Laps:
+    """Seconds spent in each phase of a swap, for ``--json`` and the benchmark."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.times[phase] = round(now - self._last, 3)
+        self._last = now
+
+
 @dataclass
 class ActivateResult:
     vm: str
@@ -108,11 +121,13 @@ class SwapEngine:
                  settle_in_background: bool = True) -> ActivateResult:
         """Bring ``ref`` to the foreground; returns once its agent answers."""
         started = time.monotonic()
+        laps = Laps()
         with self.svc.locked():
             self.recover(progress)
             self.svc.reconcile()
             target = self.resolve(ref)
             previous = self.store.foreground()
+            laps.lap("prepare")
             if previous == target.name and self.svc.hv.is_running(target.domain_name):
                 self._wait_agent(target, timeout_s=30)
                 return ActivateResult(target.name, previous, "already",
@@ -123,9 +138,11 @@ class SwapEngine:
                 for record in self._leaving(target):
                     self._pause(record)
                 self.store.swap_phase(swap.seq, SwapPhase.FROM_PAUSED)
+                laps.lap("pause")
                 _fault_point("from_paused")
                 self._make_room(target, progress)
-                path, timings = self._bring_up(target, swap.seq, progress)
+                laps.lap("room")
+                path = self._bring_up(target, swap.seq, laps, progress)
             except BaseException as exc:
                 self._roll_back(swap.seq, previous, target.name, f"{type(exc).__name__}: {exc}")
                 raise
@@ -133,8 +150,9 @@ class SwapEngine:
             _fault_point("to_ready")
             self.store.close_swap(swap.seq, SwapOutcome.DONE, path)
             self.store.touch(target.name)
+            laps.lap("ledger")
             result = ActivateResult(target.name, previous, path,
-                                    round(time.monotonic() - started, 3), swap.seq, timings)
+                                    round(time.monotonic() - started, 3), swap.seq, laps.times)
         if settle_in_background:
             spawn_settle_worker()
         else:
@@ -182,11 +200,10 @@ class SwapEngine:
             self.demote(victim, VMState.SAVED)
             budget = self._budget()
 
-    def _bring_up(self, target: VMRecord, seq: int,
-                  progress: Progress | None) -> tuple[str, dict[str, float]]:
+    def _bring_up(self, target: VMRecord, seq: int, laps: Laps,
+                  progress: Progress | None) -> str:
         hv, dom = self.svc.hv, target.domain_name
         live = hv.state(dom)
-        timings: dict[str, float] = {}
         if live is VMState.RUNNING:
             path = "already-running"
         elif live is VMState.PAUSED:
@@ -209,14 +226,17 @@ class SwapEngine:
             hv.start(dom)
             path = "cold-boot"
         self.store.swap_phase(seq, SwapPhase.TO_STARTED)
+        laps.lap("start")
         _fault_point("to_started")
         if path.startswith("cold-boot"):
-            timings = self.svc.wait_ready(target.name, progress)
+            laps.times.update(self.svc.wait_ready(target.name, progress))
         else:
-            timings = {"agent": self._wait_agent(target, timeout_s=60)}
+            self._wait_agent(target, timeout_s=60)
+            laps.lap("agent")
             self.store.set_state(target.name, VMState.RUNNING, reason=f"activate: {path}")
             self._sync_clock(target)
-        return path, timings
+            laps.lap("clock")
+        return path
 
     def _wait_agent(self, record: VMRecord, timeout_s: float) -> float:
         agent = self.svc.agent(record)
