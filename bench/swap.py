@@ -20,6 +20,7 @@ import psutil
 from bench.vmhome import log, scratch_service
 from guest_agent.protocol import Subsystem
 from orchestrator.budget import qemu_rss_mib
+from orchestrator.config import SwapPolicy
 from orchestrator.swap import SwapEngine
 from orchestrator.vms import VMService
 
@@ -98,8 +99,17 @@ def main() -> None:
                 naive.append(naive_switch(service, engine, current, target))
                 current = target
                 log(f"naive -> {target}: {naive[-1]:.3f}s")
-        save_sizes = [service.hv.managed_save_path(service.domain_name(n)).stat().st_size
-                      for n in NAMES if service.hv.has_managed_save(service.domain_name(n))]
+            save_sizes = [service.hv.managed_save_path(service.domain_name(n)).stat().st_size
+                          for n in NAMES if service.hv.has_managed_save(service.domain_name(n))]
+            # The paused tier (budget policy): the destination's RAM never left.
+            service.settings.policy = SwapPolicy.BUDGET
+            service.settings.memory_budget_mib = 8192
+            resumed: list[float] = []
+            for i in range(args.rounds + 2):
+                result = engine.activate(NAMES[i % 2], settle_in_background=False)
+                if result.path == "resumed":
+                    resumed.append(result.seconds)
+                log(f"paused -> {NAMES[i % 2]}: {result.path} {result.seconds:.3f}s")
         figures = {
             "bench": "swap",
             "accel": service.store.get_vm(NAMES[0]).accel,
@@ -107,6 +117,8 @@ def main() -> None:
             "rounds": args.rounds,
             "ours_p50_s": percentile(ours, 0.5),
             "ours_p95_s": percentile(ours, 0.95),
+            "paused_dest_p50_s": percentile(resumed, 0.5),
+            "paused_dest_p95_s": percentile(resumed, 0.95),
             "naive_p50_s": percentile(naive, 0.5),
             "naive_p95_s": percentile(naive, 0.95),
             "naive_over_ours_p50": round(statistics.median(naive) / statistics.median(ours), 2),
