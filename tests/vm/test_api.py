@@ -78,7 +78,7 @@ def test_create_activate_chat_stop_through_the_api(api: httpx.Client,
         assert api.get("/status").json()["foreground"] == NAME
 
         wait_model_ready(service, NAME)
-        body = {"message": "Say hello.", "stream": True, "max_tokens": 16, "temperature": 0}
+        body = {"message": "Say hello.", "stream": True, "max_tokens": 4, "temperature": 0}
         with api.stream("POST", "/chat", json=body) as stream:
             assert stream.status_code == 200, stream.read().decode()
             data = [line[6:] for line in stream.iter_lines() if line.startswith("data: ")]

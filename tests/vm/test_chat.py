@@ -43,7 +43,7 @@ def test_a_fact_told_once_is_recalled_through_memory(booted_vm: str, service: VM
                                                      vm_env: dict[str, str]) -> None:
     # Inference under TCG runs at a few tokens/s: two short turns, nothing more.
     wait_model_ready(service, booted_vm)
-    told = somnus(vm_env, "chat", booted_vm, "--new", "--max-tokens", "8",
+    told = somnus(vm_env, "chat", booted_vm, "--new", "--max-tokens", "4",
                   "-m", "My favourite colour is teal.")  # streamed to stdout
     assert told.returncode == 0, told.stderr
     assert told.stdout.strip()
@@ -52,7 +52,7 @@ def test_a_fact_told_once_is_recalled_through_memory(booted_vm: str, service: VM
     assert first_conversation is not None and "teal" in first_conversation.last_prompt
 
     # A new conversation: nothing in working memory, so only MEMORY can bring the fact back.
-    asked = somnus(vm_env, "chat", booted_vm, "--new", "--max-tokens", "8",
+    asked = somnus(vm_env, "chat", booted_vm, "--new", "--max-tokens", "4",
                    "--temperature", "0", "-m", "Which colour do I like best?", "--json")
     assert asked.returncode == 0, asked.stderr
     second = json.loads(asked.stdout)
