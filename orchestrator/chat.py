@@ -17,10 +17,12 @@ from guest_agent.protocol import (
     ChatMessage,
     ChatRole,
     SomnusChatOptions,
+    Subsystem,
 )
 from orchestrator.agent_client import AgentClient
 from orchestrator.errors import Conflict
 from orchestrator.models import SystemCache, VMRecord
+from orchestrator.projects.tables import ProjectStore
 from orchestrator.swap import SwapEngine
 from orchestrator.vms import VMService
 
@@ -57,9 +59,13 @@ class ChatService:
 
     def _request(self, record: VMRecord, message: str, new: bool,
                  **sampling: float | int | None) -> ChatCompletionRequest:
+        # A project's pending note (e.g. an undo) reaches the model once, in CONTEXT.
+        note = (ProjectStore(self.svc.settings.db_path).take_note(record.name)
+                if record.subsystem is Subsystem.PROJECT else None)
         return ChatCompletionRequest.model_validate({
             "messages": [ChatMessage(role=ChatRole.USER, content=message)],
-            "somnus": SomnusChatOptions(conversation_id=self.conversation_id(record, new)),
+            "somnus": SomnusChatOptions(conversation_id=self.conversation_id(record, new),
+                                        context=[note] if note else []),
             **{k: v for k, v in sampling.items() if v is not None},
         })
 

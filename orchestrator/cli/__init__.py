@@ -16,6 +16,7 @@ from orchestrator.cli.common import err
 from orchestrator.cli.demo import demo
 from orchestrator.cli.image import image_app
 from orchestrator.cli.model import model_app
+from orchestrator.cli.project import project_app
 from orchestrator.cli.serve import api_app, serve
 from orchestrator.cli.session import session_app
 from orchestrator.cli.snapshot import snapshot_app
@@ -28,6 +29,7 @@ app = typer.Typer(help="Somnus: a local-first AI workstation where every subsyst
 app.add_typer(image_app, name="image")
 app.add_typer(vm_app, name="vm")
 app.add_typer(session_app, name="session")
+app.add_typer(project_app, name="project")
 app.command()(demo)
 app.command()(activate)
 app.command()(status)

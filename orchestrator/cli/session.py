@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
@@ -13,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli.common import JsonFlag, emit_json, err, out, settings
+from orchestrator.cli.common import Clock, JsonFlag, emit_json, err, out, service, settings
 from orchestrator.devsessions import (
     DevSession,
     DevSessionHeader,
@@ -23,6 +24,7 @@ from orchestrator.devsessions import (
 )
 from orchestrator.devsessions.diffs import diff_stat
 from orchestrator.errors import InvalidInput
+from orchestrator.projects import ProjectService
 
 session_app = typer.Typer(help="Dev sessions: chat turns, versioned code blocks, rollback.",
                           no_args_is_help=True)
@@ -207,6 +209,26 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from exc
+
+
+@session_app.command("promote")
+def session_promote(
+    session: SessionArg,
+    project: Annotated[str, typer.Option(help="Project to promote into (created if missing).")],
+    memory: Annotated[int | None, typer.Option(help="RAM in MiB of a new project VM.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Promote a session into a project VM: one git commit per code change, memories moved."""
+    m, sid = _open(session)
+    result = ProjectService(service(), m).promote(sid, project, memory, Clock())
+    if as_json:
+        emit_json({"project": result.project, "session": str(sid), "created": result.created,
+                   "commits": result.commits, "memory": asdict(result.memory)})
+        return
+    where = "new project" if result.created else "project"
+    out.print(f"dev session {_short(sid)} promoted into {where} '{project}': "
+              f"{len(result.commits)} commits, HEAD {result.commits[-1][:8]}")
+    out.print(f"memory: {escape(result.memory.line())}")
 
 
 def _status_command(name: str, status: DevSessionStatus, done: str, help_text: str) -> None:
