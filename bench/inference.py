@@ -130,20 +130,12 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
 def run_in_scratch_vm(args: argparse.Namespace) -> dict[str, Any]:
     """Boot a VM of our own, measure its agent, delete it."""
     from bench.vmhome import log, scratch_service
-    from guest_agent.protocol import AgentStatus, Subsystem
-    from orchestrator.errors import GuestError
+    from guest_agent.protocol import Subsystem
 
     with scratch_service() as service:
         record, _ = service.create("infer", Subsystem.CHAT, progress=log)
         agent = service.agent(record)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            try:
-                if agent.health().status is AgentStatus.OK:
-                    break
-            except GuestError:
-                pass
-            time.sleep(1)
+        agent.wait_model(timeout_s=600)
         args.url, args.token = agent.base_url, service.paths("infer").token.read_text()
         runs, extra = run_remote(args)
         return {**summarise(runs), **extra, "accel": record.accel}

@@ -13,6 +13,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from guest_agent.protocol import (
+    AgentStatus,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -84,6 +85,28 @@ class AgentClient:
 
     def health(self, timeout_s: float = 5.0) -> HealthResponse:
         return self._call("GET", "/health", HealthResponse, timeout_s)
+
+    def wait_model(self, timeout_s: float = 300.0, model_id: str | None = None,
+                   poll_s: float = 1.0) -> HealthResponse:
+        """Wait until the agent serves a loaded model (``model_id``, if given).
+
+        The agent answers /health while its model still loads; an unreachable agent
+        (still starting) is waited for too. A model that failed to load fails at once.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                health = self.health()
+            except GuestError:
+                health = None
+            if health is not None and health.status is AgentStatus.ERROR:
+                raise GuestError(f"the agent's model failed to load: {health.error}")
+            if (health is not None and health.status is AgentStatus.OK
+                    and model_id in (None, health.model)):
+                return health
+            if time.monotonic() >= deadline:
+                raise GuestError(f"the agent's model is not ready after {timeout_s:.0f}s")
+            time.sleep(poll_s)
 
     def info(self, timeout_s: float = 10.0) -> InfoResponse:
         return self._call("GET", "/info", InfoResponse, timeout_s)

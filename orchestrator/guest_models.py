@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import shlex
-import time
 from pathlib import Path
 
 from guest_agent.gguf import GGUFError, read_metadata
 from guest_agent.models_dir import USER_MODELS_DIR
-from guest_agent.protocol import AGENT_CONFIG_PATH, AgentStatus
-from orchestrator.errors import GuestError, InvalidInput, NotFound, ReadinessTimeout
+from guest_agent.protocol import AGENT_CONFIG_PATH
+from orchestrator.errors import GuestError, InvalidInput, NotFound
 from orchestrator.ssh import put_file
 from orchestrator.vms import VMService
 
@@ -58,22 +57,5 @@ def add_model(service: VMService, vm: str, path: Path, use: bool = False,
         result = service.run(vm, switch)
         if result.exit_code != 0:
             raise GuestError(f"cannot switch '{vm}' to {path.name}: {result.stderr.strip()[:200]}")
-        _wait_model(service, vm, path.stem, timeout_s)
+        service.agent(record).wait_model(timeout_s, model_id=path.stem)
     return guest_path
-
-
-def _wait_model(service: VMService, vm: str, model_id: str, timeout_s: float) -> None:
-    agent = service.agent(service.store.get_vm(vm))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            health = agent.health()
-            if health.status is AgentStatus.ERROR:
-                raise GuestError(f"'{vm}' failed to load {model_id}: {health.error}")
-            if health.status is AgentStatus.OK and health.model == model_id:
-                return
-        except GuestError as exc:
-            if "failed to load" in str(exc):
-                raise
-        time.sleep(1)
-    raise ReadinessTimeout(vm, "model load", timeout_s, str(service.paths(vm).serial_log))

@@ -7,9 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from guest_agent.protocol import AgentStatus, HealthResponse, Subsystem
+from guest_agent.protocol import Subsystem
 from images import builder
-from orchestrator.agent_client import AgentClient
 from orchestrator.cli.common import Clock, JsonFlag, emit_json, info_dict, out, service, settings
 
 
@@ -38,7 +37,8 @@ def demo(
     info = svc.info(name)
     uname = svc.run(name, "uname -sr").stdout.strip()
     started = time.monotonic()
-    health = _wait_model(svc.agent(info.record), clock)
+    health = svc.agent(info.record).wait_model()
+    clock(f"model: {health.status.value}")
     report["timings"]["model"] = round(time.monotonic() - started, 2)
     report.update(vm=info_dict(info), guest_kernel=uname, agent_health=health.model_dump())
     if as_json:
@@ -54,14 +54,3 @@ def demo(
         out.print(f"  packages     : {info.agent.packages}")
     out.print("  timings (s)  : " + ", ".join(f"{k} {v}" for k, v in report["timings"].items()))
     out.print(f"  try          : somnus vm ssh {name} -- uptime")
-
-
-def _wait_model(agent: AgentClient, clock: Clock, timeout_s: float = 300.0) -> HealthResponse:
-    """The agent answers before its model is loaded: wait for 'ok' (or give up, saying so)."""
-    deadline = time.monotonic() + timeout_s
-    health = agent.health()
-    while health.status is AgentStatus.LOADING and time.monotonic() < deadline:
-        time.sleep(1)
-        health = agent.health()
-    clock(f"model: {health.status.value}")
-    return health

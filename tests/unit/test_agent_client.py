@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,14 +46,7 @@ def client(tmp_path: Path, agent_runtime: ModelRuntime) -> Iterator[AgentClient]
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     agent = AgentClient(port, TOKEN)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if agent.health().status is AgentStatus.OK:
-                break
-        except GuestError:
-            pass
-        time.sleep(0.1)
+    agent.wait_model(timeout_s=60, poll_s=0.1)
     yield agent
     server.should_exit = True
     thread.join(10)
@@ -103,3 +95,9 @@ def test_memory_round_trip(client: AgentClient) -> None:
     assert exported.count("\n") == 1 and "orchard" in exported
     assert client.memory_import(exported).deduplicated == 1
     assert client.flush().memories == 1
+
+
+def test_wait_model_names_the_model_it_waits_for(client: AgentClient) -> None:
+    assert client.wait_model(timeout_s=5).status is AgentStatus.OK
+    with pytest.raises(GuestError, match="not ready after"):
+        client.wait_model(timeout_s=0.3, model_id="another-model", poll_s=0.1)

@@ -6,14 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from guest_agent.protocol import AgentStatus, PromptLayerName
+from guest_agent.protocol import PromptLayerName
 from guest_agent.runtime import default_model_path
-from orchestrator.errors import GuestError
 from orchestrator.vms import VMService
 
 pytestmark = pytest.mark.vm
@@ -27,16 +25,7 @@ def somnus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def wait_model_ready(service: VMService, name: str, timeout_s: float = 300) -> None:
-    agent = service.agent(service.store.get_vm(name))
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if agent.health().status is AgentStatus.OK:
-                return
-        except GuestError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"model in {name} not ready after {timeout_s}s")
+    service.agent(service.store.get_vm(name)).wait_model(timeout_s)
 
 
 def test_a_fact_told_once_is_recalled_through_memory(booted_vm: str, service: VMService,
