@@ -1,7 +1,8 @@
 """The FastAPI application: context, authentication, body limit and error mapping.
 
 Routes (``api.routes``) only translate HTTP to calls of the service layer
-(``VMService``, ``SwapEngine``, ``ChatService``, ``images``, ``orchestrator.fleet``);
+(``VMService``, ``SwapEngine``, ``ChatService``, ``images``, ``orchestrator.fleet``,
+``DevSessionManager``, ``ProjectService``);
 every error is a ``SomnusError`` whose ``http_status`` this module maps, once.
 """
 
@@ -26,8 +27,10 @@ from api.models import ErrorBody, error_body
 from api.operations import OperationRegistry
 from orchestrator import errors_log
 from orchestrator.config import Settings, load_settings
+from orchestrator.devsessions import DevSessionManager, DevSessionStore
 from orchestrator.errors import SomnusError
 from orchestrator.hypervisor import Hypervisor
+from orchestrator.projects import ProjectService
 from orchestrator.store import Store
 from orchestrator.vms import VMService
 
@@ -52,6 +55,7 @@ class ApiContext:
         self.api_host = api_host
         settings.home.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.db_path)
+        self.dev_store = DevSessionStore(settings.db_path)
         self.tokens = TokenCheck(settings)
         self.ops = OperationRegistry(on_failure=self.record_failure)
         self._hv = hypervisor
@@ -68,6 +72,15 @@ class ApiContext:
         """A fresh VMService per request or operation thread: its re-entrant lock depth
         is per instance, so sharing one between threads would let them interleave."""
         return VMService(self.settings, self.hypervisor(), self.store)
+
+    def sessions(self) -> DevSessionManager:
+        """A DevSessionManager per request or operation thread, over the one store: its
+        cache is not thread-safe, and every change is in SQLite anyway."""
+        return DevSessionManager(self.dev_store)
+
+    def projects(self) -> ProjectService:
+        """A ProjectService per request or operation thread (over a fresh VMService)."""
+        return ProjectService(self.service(), self.sessions())
 
     def record_failure(self, vm: str, source: str, exc: BaseException) -> None:
         errors_log.record_failure(self.store, vm, source, exc)

@@ -6,10 +6,14 @@ rule (``orchestrator.vms.validate_name``), so the API and the CLI refuse the sam
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Callable
+from datetime import datetime
+from enum import StrEnum
 from typing import Annotated
+from uuid import UUID
 
-from fastapi import Path
+from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 from guest_agent.protocol import (
@@ -18,8 +22,26 @@ from guest_agent.protocol import (
     MemorySearchRequest,
     Subsystem,
 )
+from orchestrator.devsessions import (
+    CodeBlock,
+    DevSession,
+    DevSessionHeader,
+    DevSessionStatus,
+    SessionSummary,
+    block_paths,
+)
+from orchestrator.devsessions.models import DEFAULT_TITLE, MAX_EVENT_CONTENT, MAX_TITLE
 from orchestrator.errors import InvalidInput, SomnusError
+from orchestrator.hypervisor import SnapshotInfo
 from orchestrator.models import VMState
+from orchestrator.projects import (
+    CommitKind,
+    GcPlan,
+    ProjectCommitRow,
+    ProjectInfo,
+    ProjectView,
+    SourceKind,
+)
 from orchestrator.vms import NAME_RE, validate_name
 
 # The same rule as validate_name, for the OpenAPI document (and schema-driven clients).
@@ -58,6 +80,15 @@ SnapshotName = Annotated[str, AfterValidator(_checked("snapshot")), _NAME_SCHEMA
 VMPath = Annotated[VMName, Path(description="VM name")]
 RefPath = Annotated[VMName, Path(description="VM name, or a subsystem with exactly one VM")]
 SnapshotPath = Annotated[SnapshotName, Path(description="snapshot name")]
+# A project is named like its VM (it is one).
+ProjectName = Annotated[str, AfterValidator(_checked("project")), _NAME_SCHEMA]
+ProjectPath = Annotated[ProjectName, Path(description="project name (also its VM's name)")]
+SessionPath = Annotated[str, Path(pattern="^[0-9a-fA-F-]{1,36}$",
+                                  description="dev session id, or a unique prefix of it")]
+BlockPath = Annotated[str, Path(min_length=1, max_length=255,
+                                description="code block id (or a unique prefix), or its path "
+                                            "as in the session's code_blocks (without '/')")]
+VersionQuery = Annotated[int | None, Query(ge=1, description="version (default: the latest)")]
 
 
 class Strict(BaseModel):
@@ -135,3 +166,172 @@ class MemorySearch(MemorySearchRequest):
 class Health(BaseModel):
     status: str
     version: str
+
+
+# -- dev sessions -------------------------------------------------------------------------
+
+
+def _login() -> str:
+    """Who a session belongs to when the request does not say: the server's user, as the
+    CLI defaults to its own."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no USER variable and no passwd entry (containers)
+        return "local"
+
+
+class SessionCreate(Strict):
+    title: str = Field(default=DEFAULT_TITLE, min_length=1, max_length=MAX_TITLE)
+    user_id: str = Field(default_factory=_login, min_length=1, max_length=200,
+                         description="default: the API server's login")
+    chat_session_id: UUID | None = Field(default=None,
+                                         description="chat session it belongs to")
+
+
+class TurnCreate(Strict):
+    """One chat turn: the answer's code fences become blocks, or new versions of them."""
+
+    prompt: str = Field(max_length=MAX_EVENT_CONTENT)
+    answer: str = Field(max_length=MAX_EVENT_CONTENT)
+    target: str | None = Field(default=None, min_length=1, max_length=255,
+                               description="block (id prefix or path) that unnamed fences "
+                                           "revise")
+
+
+class BlockRollback(Strict):
+    to: int = Field(ge=1, description="version whose content becomes the next version")
+
+
+class SessionAction(StrEnum):
+    PAUSE = "pause"
+    RESUME = "resume"
+    COMPLETE = "complete"
+    ARCHIVE = "archive"
+
+
+# What each action (the CLI's commands of the same names) moves a session to.
+ACTION_STATUS = {SessionAction.PAUSE: DevSessionStatus.PAUSED,
+                 SessionAction.RESUME: DevSessionStatus.ACTIVE,
+                 SessionAction.COMPLETE: DevSessionStatus.COMPLETED,
+                 SessionAction.ARCHIVE: DevSessionStatus.ARCHIVED}
+
+
+class SessionStatusChange(Strict):
+    action: SessionAction
+
+    @property
+    def status(self) -> DevSessionStatus:
+        return ACTION_STATUS[self.action]
+
+
+class SessionPromote(Strict):
+    project: ProjectName = Field(description="project to promote into (created if missing)")
+    memory_mib: int | None = Field(default=None, ge=256, le=1 << 20,
+                                   description="RAM of a new project VM")
+
+
+class BlockView(CodeBlock):
+    path: str  # what the block is called in the session (its file, else a made-up name)
+
+
+class SessionDetail(DevSessionHeader):
+    """A session's fields, summary and the latest version of each code block."""
+
+    summary: SessionSummary
+    code_blocks: list[BlockView]
+
+    @classmethod
+    def of(cls, session: DevSession) -> SessionDetail:
+        paths = block_paths(session)
+        header = session.model_dump(include=set(DevSessionHeader.model_fields))
+        return cls(**header, summary=session.get_summary(),
+                   code_blocks=[BlockView(**b.model_dump(), path=paths[b.block_id])
+                                for b in session.code_blocks.values()])
+
+
+class BlockDiff(BaseModel):
+    block_id: UUID
+    diff: str  # unified diff; empty when the versions are the same
+
+
+# -- projects -----------------------------------------------------------------------------
+
+
+class ProjectCreate(Strict):
+    name: ProjectName
+    repo: str | None = Field(default=None, min_length=1, max_length=2000,
+                             description="repository URL or host path to clone into it")
+    memory_mib: int | None = Field(default=None, ge=256, le=1 << 20)
+
+
+class ProjectRestore(Strict):
+    start: bool = Field(default=True, description="boot the VM now")
+
+
+class ProjectGc(Strict):
+    dry_run: bool = Field(default=False, description="only report")
+    older_than_days: float | None = Field(
+        default=None, ge=0, le=36500,
+        description="also delete archived projects unused for this many days")
+
+
+class ProjectSummary(BaseModel):
+    name: str
+    vm_name: str
+    created_at: datetime
+    last_used: datetime
+    archived: bool
+    archived_at: datetime | None
+    source_kind: SourceKind
+    source: str
+    branch: str
+    pending_note: str | None
+    vm_state: str  # the VM's state, or "missing"
+    ai_commits: int
+
+    @classmethod
+    def of(cls, view: ProjectView) -> ProjectSummary:
+        return cls(**view.row.model_dump(), vm_state=view.vm_state, ai_commits=view.ai_commits)
+
+
+class ProjectCommit(BaseModel):
+    sha: str
+    kind: CommitKind
+    subject: str
+    reverts: str | None
+    dev_session_id: str | None
+    event_id: int | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: ProjectCommitRow) -> ProjectCommit:
+        return cls(**row.model_dump(exclude={"id", "project"}))
+
+
+class ProjectDetail(ProjectSummary):
+    """One project: its record, VM, snapshots and the commits Somnus made."""
+
+    ssh_port: int | None
+    snapshots: list[SnapshotInfo]
+    commits: list[ProjectCommit]
+
+    @classmethod
+    def of_info(cls, info: ProjectInfo) -> ProjectDetail:
+        return cls(**ProjectSummary.of(info.view).model_dump(),
+                   ssh_port=info.vm.ssh_port if info.vm else None,
+                   snapshots=info.snapshots,
+                   commits=[ProjectCommit.of(c) for c in info.commits])
+
+
+class GcResult(BaseModel):
+    orphan_records: list[str]  # projects whose VM is gone
+    stale_temp: list[str]  # bundles and clones of dead commands
+    expired: list[str]  # archived and unused for too long
+    dry_run: bool
+
+    @classmethod
+    def of(cls, plan: GcPlan, dry_run: bool) -> GcResult:
+        return cls(orphan_records=plan.orphan_records,
+                   stale_temp=[str(p) for p in plan.stale_temp], expired=plan.expired,
+                   dry_run=dry_run)
+

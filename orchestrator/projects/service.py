@@ -193,6 +193,13 @@ class ProjectService:
             raise
         return row, record
 
+    def check_new(self, name: str) -> None:
+        """Refuse a project that cannot be created (bad or taken name); cheap."""
+        validate_name(name, what="project")
+        if self.store.find(name) is not None:
+            raise AlreadyExists(f"a project named '{name}' exists already")
+        self.svc.check_new(name)
+
     def create(self, name: str, repo: str | None = None, memory_mib: int | None = None,
                progress: Progress | None = None) -> CreateResult:
         """A project VM, empty or holding a clone of ``repo`` (history included).
@@ -200,10 +207,7 @@ class ProjectService:
         The repository is cloned on the host before the VM boots, so a bad URL
         fails at once; its README and file summaries become document memories.
         """
-        validate_name(name, what="project")
-        if self.store.find(name) is not None:
-            raise AlreadyExists(f"a project named '{name}' exists already")
-        self.svc.check_new(name)
+        self.check_new(name)
         source = gitrepo.source_url(repo) if repo else ""
         with self._scratch() as scratch:
             clone = gitrepo.clone_source(source, scratch / "src") if source else None
