@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, Table, event
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from orchestrator.errors import NotFound
@@ -43,18 +43,23 @@ def sqlite_engine(db_path: Path) -> Engine:
     return engine
 
 
-class Store:
-    """Typed access to the records; one short transaction per call."""
+class SQLiteStore:
+    """Base of every store on the one SQLite file: creates its tables, short sessions."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(self, db_path: Path, tables: Sequence[Table] | None = None) -> None:
         self.engine: Engine = sqlite_engine(db_path)
-        SQLModel.metadata.create_all(self.engine)
+        # Each store creates only its own tables (None: every table imported so far).
+        SQLModel.metadata.create_all(self.engine, tables=tables)
         os.chmod(db_path, 0o600)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with Session(self.engine, expire_on_commit=False) as session:
             yield session
+
+
+class Store(SQLiteStore):
+    """Typed access to the VM records; one short transaction per call."""
 
     def add_vm(self, record: VMRecord, reason: str = "created") -> VMRecord:
         with self.session() as s:

@@ -9,7 +9,6 @@ CLI command, say) cannot interleave edits of one session; the later one gets a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Engine, func, update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from orchestrator.devsessions.models import (
@@ -38,7 +37,7 @@ from orchestrator.devsessions.tables import (
     DevSessionRow,
 )
 from orchestrator.errors import Conflict, NotFound
-from orchestrator.store import sqlite_engine
+from orchestrator.store import SQLiteStore
 
 
 class SessionWriter:
@@ -91,24 +90,15 @@ class SessionWriter:
         })
 
 
-class DevSessionStore:
+class DevSessionStore(SQLiteStore):
     """Typed access to the dev session tables."""
 
     def __init__(self, db_path: Path) -> None:
-        db_path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = sqlite_engine(db_path)
-        # Only our tables: the file is shared with the VM store, which creates its own.
-        DevSessionRow.metadata.create_all(self.engine, tables=TABLES)
-        os.chmod(db_path, 0o600)
-
-    @contextmanager
-    def _db(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as db:
-            yield db
+        super().__init__(db_path, TABLES)
 
     def create(self, header: DevSessionHeader, metadata: dict[str, Any]) -> DevSession:
         """Insert a new session with its ``session_start`` event."""
-        with self._db() as db:
+        with self.session() as db:
             db.add(DevSessionRow.model_validate(header))
             writer = SessionWriter(db, DevSession.model_validate(header.model_dump()),
                                    header.start_time)
@@ -121,7 +111,7 @@ class DevSessionStore:
         """A writer for one change; committed when the block ends, unless it recorded nothing."""
         sid = session.dev_session_id
         now = utcnow()
-        with self._db() as db:
+        with self.session() as db:
             touched = db.exec(update(DevSessionRow)
                               .where(col(DevSessionRow.dev_session_id) == sid)
                               .values(last_activity=now))
@@ -142,7 +132,7 @@ class DevSessionStore:
             db.commit()
 
     def load(self, session_id: UUID) -> DevSession | None:
-        with self._db() as db:
+        with self.session() as db:
             row = db.get(DevSessionRow, session_id)
             if row is None:
                 return None
@@ -161,7 +151,7 @@ class DevSessionStore:
 
     def last_event_id(self, session_id: UUID) -> int | None:
         """The newest event's id, which changes with every change: a cheap freshness stamp."""
-        with self._db() as db:
+        with self.session() as db:
             return self._last_event_id(db, session_id)
 
     def list_sessions(self, user_id: str | None = None,
@@ -171,16 +161,16 @@ class DevSessionStore:
             query = query.where(DevSessionRow.user_id == user_id)
         if status is not None:
             query = query.where(DevSessionRow.status == status)
-        with self._db() as db:
+        with self.session() as db:
             rows = db.exec(query.order_by(col(DevSessionRow.start_time).desc()))
             return [DevSessionHeader.model_validate(row.model_dump()) for row in rows]
 
     def session_ids(self) -> list[UUID]:
-        with self._db() as db:
+        with self.session() as db:
             return list(db.exec(select(DevSessionRow.dev_session_id)))
 
     def version(self, block_id: UUID, version: int) -> BlockVersion | None:
-        with self._db() as db:
+        with self.session() as db:
             row = db.exec(select(CodeBlockVersionRow)
                           .where(CodeBlockVersionRow.block_id == block_id,
                                  CodeBlockVersionRow.version == version)).first()
@@ -188,7 +178,7 @@ class DevSessionStore:
 
     def history(self, session_id: UUID) -> list[BlockVersion]:
         """Every version of every block of a session, in the order they were made."""
-        with self._db() as db:
+        with self.session() as db:
             rows = db.exec(select(CodeBlockVersionRow)
                            .where(CodeBlockVersionRow.dev_session_id == session_id)
                            .order_by(col(CodeBlockVersionRow.event_id)))

@@ -6,19 +6,16 @@ hashes Somnus recorded here may be undone, and it survives restarts.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
-from sqlalchemy import Engine, delete
-from sqlmodel import Field, Session, SQLModel, col, select
+from sqlalchemy import delete
+from sqlmodel import Field, SQLModel, col, select
 
 from orchestrator.errors import NotFound
 from orchestrator.models import utcnow
-from orchestrator.store import sqlite_engine
+from orchestrator.store import SQLiteStore
 
 
 class SourceKind(StrEnum):
@@ -67,29 +64,21 @@ class ProjectCommitRow(SQLModel, table=True):
 TABLES = [ProjectRow.__table__, ProjectCommitRow.__table__]  # type: ignore[attr-defined]
 
 
-class ProjectStore:
+class ProjectStore(SQLiteStore):
     """Typed access to the project tables; one short transaction per call."""
 
     def __init__(self, db_path: Path) -> None:
-        self.engine: Engine = sqlite_engine(db_path)
-        # Only our tables: the file is shared with the VM and dev session stores.
-        SQLModel.metadata.create_all(self.engine, tables=TABLES)
-        os.chmod(db_path, 0o600)
-
-    @contextmanager
-    def _db(self) -> Iterator[Session]:
-        with Session(self.engine, expire_on_commit=False) as db:
-            yield db
+        super().__init__(db_path, TABLES)
 
     def add(self, row: ProjectRow) -> ProjectRow:
-        with self._db() as db:
+        with self.session() as db:
             db.add(row)
             db.commit()
             db.refresh(row)
             return row
 
     def find(self, name: str) -> ProjectRow | None:
-        with self._db() as db:
+        with self.session() as db:
             return db.get(ProjectRow, name)
 
     def get(self, name: str) -> ProjectRow:
@@ -99,11 +88,11 @@ class ProjectStore:
         return row
 
     def list_projects(self) -> list[ProjectRow]:
-        with self._db() as db:
+        with self.session() as db:
             return list(db.exec(select(ProjectRow).order_by(col(ProjectRow.name))))
 
     def update(self, name: str, **fields: object) -> ProjectRow:
-        with self._db() as db:
+        with self.session() as db:
             row = db.get_one(ProjectRow, name)
             for key, value in fields.items():
                 setattr(row, key, value)
@@ -117,7 +106,7 @@ class ProjectStore:
 
     def take_note(self, vm_name: str) -> str | None:
         """The pending note of the project living in ``vm_name``, cleared as it is read."""
-        with self._db() as db:
+        with self.session() as db:
             row = db.exec(select(ProjectRow).where(ProjectRow.vm_name == vm_name)).first()
             if row is None or not row.pending_note:
                 return None
@@ -128,18 +117,18 @@ class ProjectStore:
 
     def delete(self, name: str) -> None:
         """The project row and its commit records."""
-        with self._db() as db:
+        with self.session() as db:
             db.exec(delete(ProjectCommitRow).where(col(ProjectCommitRow.project) == name))
             db.exec(delete(ProjectRow).where(col(ProjectRow.name) == name))
             db.commit()
 
     def add_commits(self, rows: list[ProjectCommitRow]) -> None:
-        with self._db() as db:
+        with self.session() as db:
             db.add_all(rows)
             db.commit()
 
     def commits(self, project: str) -> list[ProjectCommitRow]:
         """The commits Somnus made in the project, oldest first."""
-        with self._db() as db:
+        with self.session() as db:
             query = select(ProjectCommitRow).where(ProjectCommitRow.project == project)
             return list(db.exec(query.order_by(col(ProjectCommitRow.id))))
