@@ -16,7 +16,7 @@ VENV=.venv
 HOST_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   mmdebstrap e2fsprogs genisoimage openssh-client
-  python3-venv python3-dev gcc g++ cmake make git
+  python3-venv python3-dev gcc g++ cmake make git patch
 )
 
 step() { printf '\n== %s\n' "$*"; }
