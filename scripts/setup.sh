@@ -21,6 +21,11 @@ HOST_PACKAGES=(
 
 step() { printf '\n== %s\n' "$*"; }
 
+# /dev/kvm present but the CPU offers no hardware virtualisation (vmx/svm): KVM cannot boot a guest.
+kvm_unusable() {
+  [ -e /dev/kvm ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo
+}
+
 step "host packages"
 missing=()
 for pkg in "${HOST_PACKAGES[@]}"; do
@@ -40,7 +45,26 @@ if [ "$(cat /proc/1/comm 2>/dev/null)" = "systemd" ]; then
 else
   # No init system runs them here: start them ourselves.
   pgrep -x virtlogd >/dev/null || $SUDO virtlogd -d
-  pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
+  if kvm_unusable; then
+    # /dev/kvm opens for root but KVM cannot run a guest (no vmx/svm: KVM-PVM, say). libvirt
+    # then disagrees with itself about KVM and re-probes QEMU on every call (35 s per
+    # `virsh capabilities`). libvirtd (and the QEMUs it starts) get a private /dev/kvm that no
+    # one can use, so both of its checks say "no KVM" and the capability cache holds: TCG.
+    pid="$(pgrep -x libvirtd || true)"
+    if [ -n "$pid" ] && [ -c "/proc/$pid/root/dev/kvm" ]; then
+      echo "restarting libvirtd: it sees an unusable /dev/kvm"
+      $SUDO kill "$pid"
+      while pgrep -x libvirtd >/dev/null; do sleep 0.2; done
+    fi
+    if ! pgrep -x libvirtd >/dev/null; then
+      echo "KVM is not usable here: libvirtd starts with /dev/kvm hidden (TCG)"
+      $SUDO install -m 000 /dev/null /run/somnus-no-kvm
+      $SUDO unshare --mount --propagation private \
+        sh -c 'mount --bind /run/somnus-no-kvm /dev/kvm && exec libvirtd -d'
+    fi
+  else
+    pgrep -x libvirtd >/dev/null || $SUDO libvirtd -d
+  fi
 fi
 for _ in $(seq 1 30); do
   $SUDO virsh -c qemu:///system version >/dev/null 2>&1 && break
