@@ -1,42 +1,33 @@
-"""The FastAPI application: context, authentication, body limit and error mapping.
+"""The FastAPI application: authentication and body limit (``Guard``), routers, lifespan.
 
-Routes (``api.routes``) only translate HTTP to calls of the service layer
-(``VMService``, ``SwapEngine``, ``ChatService``, ``images``, ``orchestrator.fleet``,
-``DevSessionManager``, ``ProjectService``);
-every error is a ``SomnusError`` whose ``http_status`` this module maps, once.
+Routes (``api.routes``) only translate HTTP to calls of the service layer and take
+what they share from ``api.context``; ``api.errors`` maps the error hierarchy, once.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http import HTTPStatus
-from pathlib import Path
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+import libvirt
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import TokenCheck, token_path
-from api.models import ErrorBody, error_body
-from api.operations import OperationRegistry
-from orchestrator import errors_log
-from orchestrator.config import Settings, load_settings
-from orchestrator.devsessions import DevSessionManager, DevSessionStore
-from orchestrator.errors import SomnusError
-from orchestrator.hypervisor import Hypervisor
-from orchestrator.projects import ProjectService
-from orchestrator.store import Store
-from orchestrator.vms import VMService
+from api.auth import TokenCheck
+from api.context import VERSION as API_VERSION
+from api.context import ApiContext
+from api.errors import error_response, install_error_handlers, status_name
+from api.models import ErrorBody
+from api.routes import ROUTERS
+from core.config import Settings, load_settings
+from orchestrator.host import Host
+from orchestrator.live import LiveView, start_event_loop
 
 log = logging.getLogger(__name__)
 
-VERSION = "0.1.0"
 # Chat messages and memories are text: a megabyte is far beyond any sane request.
 MAX_BODY_BYTES = 1 << 20
 # Reachable without the token: liveness, and the documentation of the API itself.
@@ -44,64 +35,6 @@ PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-red
                           "/redoc"})
 # How long a graceful shutdown waits for running operations.
 SHUTDOWN_WAIT_S = 30.0
-
-
-class ApiContext:
-    """What the routes share: settings, one store and libvirt connection, operations."""
-
-    def __init__(self, settings: Settings, hypervisor: Hypervisor | None = None,
-                 api_host: str | None = None) -> None:
-        self.settings = settings
-        self.api_host = api_host
-        settings.home.mkdir(parents=True, exist_ok=True)
-        self.store = Store(settings.db_path)
-        self.dev_store = DevSessionStore(settings.db_path)
-        self.tokens = TokenCheck(settings)
-        self.ops = OperationRegistry(on_failure=self.record_failure)
-        self._hv = hypervisor
-        self._hv_lock = threading.Lock()
-
-    def hypervisor(self) -> Hypervisor:
-        """The shared libvirt connection (thread-safe), reopened if libvirtd restarted."""
-        with self._hv_lock:
-            if self._hv is None or not self._hv.conn.isAlive():
-                self._hv = Hypervisor(self.settings.libvirt_uri)
-            return self._hv
-
-    def service(self) -> VMService:
-        """A fresh VMService per request or operation thread: its re-entrant lock depth
-        is per instance, so sharing one between threads would let them interleave."""
-        return VMService(self.settings, self.hypervisor(), self.store)
-
-    def sessions(self) -> DevSessionManager:
-        """A DevSessionManager per request or operation thread, over the one store: its
-        cache is not thread-safe, and every change is in SQLite anyway."""
-        return DevSessionManager(self.dev_store)
-
-    def projects(self) -> ProjectService:
-        """A ProjectService per request or operation thread (over a fresh VMService)."""
-        return ProjectService(self.service(), self.sessions())
-
-    def record_failure(self, vm: str, source: str, exc: BaseException) -> None:
-        errors_log.record_failure(self.store, vm, source, exc)
-
-    @property
-    def secrets(self) -> list[Path]:
-        """Files beyond the orchestrator's own whose modes the security view checks."""
-        return [token_path(self.settings)]
-
-
-def get_context(request: Request) -> ApiContext:
-    ctx: ApiContext = request.app.state.ctx
-    return ctx
-
-
-Ctx = Annotated[ApiContext, Depends(get_context)]
-
-
-def _error_response(status: int, body: ErrorBody,
-                    headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 class Guard:
@@ -130,17 +63,17 @@ class Guard:
 
     def _reject(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
         if path not in PUBLIC_PATHS and not self.tokens.accepts(headers.get("authorization")):
-            return _error_response(
+            return error_response(
                 401, ErrorBody(error="Unauthorized",
                                detail="missing or wrong bearer token ('somnus api token')"),
                 {"WWW-Authenticate": "Bearer"})
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
-            return _error_response(413, self._too_large())
+            return error_response(413, self._too_large())
         return None
 
     def _too_large(self) -> ErrorBody:
-        return ErrorBody(error=_status_name(413),
+        return ErrorBody(error=status_name(413),
                          detail=f"request body over {self.max_body} bytes")
 
     def _limited(self, receive: Receive) -> Receive:
@@ -160,69 +93,41 @@ class Guard:
         return limited
 
 
-def _status_name(status: int) -> str:
-    """An HTTP status as an error name, like the hierarchy's (413: PayloadTooLarge)."""
-    if status == 413:  # Python still calls it "Request Entity Too Large" (RFC 7231's name)
-        return "PayloadTooLarge"
-    try:
-        return HTTPStatus(status).phrase.title().replace(" ", "").replace("-", "")
-    except ValueError:
-        return "HTTPError"
+def create_app(settings: Settings | None = None, *, host: Host | None = None,
+               api_host: str | None = None, live: bool = False) -> FastAPI:
+    """The API over one Somnus home.
 
-
-def _install_error_handlers(app: FastAPI) -> None:
-    def somnus_error(request: Request, exc: Exception) -> JSONResponse:
-        """The one mapping of the error hierarchy: its status, ``{error, detail}``;
-        anything else is a bug: 500.
-
-        A failure on a named VM (a route with a ``name`` path parameter) is also
-        recorded in that VM's errors when it is the VM's, not the request's, fault.
-        """
-        vm = request.path_params.get("name")
-        if vm:
-            route = request.scope.get("route")
-            source = f"{request.method} {getattr(route, 'path', request.url.path)}"
-            request.app.state.ctx.record_failure(vm, source, exc)
-        status = getattr(exc, "http_status", 500)
-        return _error_response(status, error_body(exc))
-
-    def validation_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
-        return _error_response(422, ErrorBody(error="InvalidInput", detail=problems))
-
-    def http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
-        if exc.status_code == 400:  # FastAPI's "error parsing the body" (not UTF-8, say)
-            return _error_response(422, ErrorBody(error="InvalidInput",
-                                                  detail=f"body: {exc.detail}"))
-        return _error_response(exc.status_code,
-                               ErrorBody(error=_status_name(exc.status_code),
-                                         detail=str(exc.detail)), exc.headers)
-
-    app.add_exception_handler(SomnusError, somnus_error)
-    app.add_exception_handler(Exception, somnus_error)
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
-
-
-def create_app(settings: Settings | None = None, *, hypervisor: Hypervisor | None = None,
-               api_host: str | None = None) -> FastAPI:
-    """The API over ``settings``' Somnus home; ``hypervisor`` shares a libvirt connection
-    (tests pass their test-driver one); ``api_host`` is where it listens (security view)."""
-    from api.routes import ROUTERS
-
-    ctx = ApiContext(settings or load_settings(), hypervisor, api_host)
+    ``host`` is the composition root to serve (tests pass one over libvirt's test
+    driver and fakes); without it one is built from ``settings``. ``api_host`` is
+    where it listens (for the security view). With ``live`` (``somnus serve``), the
+    start-up first recovers what a killed command left open, then follows libvirt's
+    lifecycle events so reads need no libvirt call.
+    """
+    if host is None:
+        if live:
+            start_event_loop()  # before the connection that subscribes is opened
+        host = Host(settings or load_settings())
+    view = LiveView(host.hypervisor) if live else None
+    ctx = ApiContext(host, api_host, view)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if view is not None:
+            for note in host.swap.recover():
+                log.info("start-up recovery: %s", note)
+            try:
+                view.start()
+            except libvirt.libvirtError as exc:
+                log.warning("no libvirt events (%s): reads ask libvirt each time", exc)
+                ctx.live = None
         yield
+        if view is not None:
+            view.stop()
         if not ctx.ops.wait_idle(SHUTDOWN_WAIT_S):
             log.warning("shutting down with operations still running")
 
     app = FastAPI(
-        title="Somnus control API", version=VERSION, lifespan=lifespan,
+        title="Somnus control API", version=API_VERSION, lifespan=lifespan,
         description="VMs, the foreground, images, chat and memory of a Somnus workstation. "
                     "Every route but /health needs `Authorization: Bearer <token>` "
                     "(`somnus api token`).",
@@ -230,6 +135,6 @@ def create_app(settings: Settings | None = None, *, hypervisor: Hypervisor | Non
     app.state.ctx = ctx
     for router in ROUTERS:
         app.include_router(router)
-    _install_error_handlers(app)
+    install_error_handlers(app)
     app.add_middleware(Guard, tokens=ctx.tokens)
     return app

@@ -10,8 +10,8 @@ import hmac
 import threading
 from pathlib import Path
 
+from core.config import Settings
 from orchestrator import credentials
-from orchestrator.config import Settings
 
 TOKEN_FILE = "api-token"
 

@@ -16,6 +16,7 @@ from uuid import UUID
 from fastapi import Path, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
+from core.errors import InvalidInput, SomnusError
 from guest_agent.protocol import (
     ChatCompletionResponse,
     MemoryCreate,
@@ -31,8 +32,6 @@ from orchestrator.devsessions import (
     block_paths,
 )
 from orchestrator.devsessions.models import DEFAULT_TITLE, MAX_EVENT_CONTENT, MAX_TITLE
-from orchestrator.errors import InvalidInput, SomnusError
-from orchestrator.hypervisor import SnapshotInfo
 from orchestrator.models import VMState
 from orchestrator.projects import (
     CommitKind,
@@ -42,6 +41,7 @@ from orchestrator.projects import (
     ProjectView,
     SourceKind,
 )
+from orchestrator.views import SnapshotView
 from orchestrator.vms import NAME_RE, validate_name
 
 # The same rule as validate_name, for the OpenAPI document (and schema-driven clients).
@@ -312,14 +312,14 @@ class ProjectDetail(ProjectSummary):
     """One project: its record, VM, snapshots and the commits Somnus made."""
 
     ssh_port: int | None
-    snapshots: list[SnapshotInfo]
+    snapshots: list[SnapshotView]
     commits: list[ProjectCommit]
 
     @classmethod
     def of_info(cls, info: ProjectInfo) -> ProjectDetail:
         return cls(**ProjectSummary.of(info.view).model_dump(),
                    ssh_port=info.vm.ssh_port if info.vm else None,
-                   snapshots=info.snapshots,
+                   snapshots=[SnapshotView.model_validate(s) for s in info.snapshots],
                    commits=[ProjectCommit.of(c) for c in info.commits])
 
 

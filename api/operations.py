@@ -22,10 +22,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from api.models import ErrorBody, error_body
-from orchestrator.errors import Conflict, NotFound
+from core.errors import Conflict, NotFound
+from core.types import Progress
 from orchestrator.models import utcnow
 
-Progress = Callable[[str], None]
 Work = Callable[[Progress], Any]
 # Called with (key, kind, exception) when work fails; records VM errors.
 FailureHook = Callable[[str, str, BaseException], None]

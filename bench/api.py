@@ -31,7 +31,7 @@ ENDPOINTS = ("/vms", "/status")
 
 
 def bench_settings(home: Path) -> Any:
-    from orchestrator.config import Settings
+    from core.config import Settings
 
     return Settings(home=home, cache=home / "cache", libvirt_uri="test:///default",
                     domain_prefix="bench-", port_range_start=47000, port_range_end=47999)
@@ -40,17 +40,18 @@ def bench_settings(home: Path) -> Any:
 def populate(home: Path) -> Any:
     """50 VM records inserted through the store, with test-driver domains to match.
 
-    Returns the libvirt connection: the test driver forgets everything when its last
-    connection closes, so the server must use this one.
+    Returns the host: the test driver forgets everything when its last connection
+    closes, so the server must use this host's connection.
     """
     from guest_agent.protocol import Subsystem
     from orchestrator import credentials
     from orchestrator.hypervisor import Hypervisor
     from orchestrator.models import VMRecord, VMState
-    from orchestrator.vms import VMService
+    from orchestrator.host import Host
 
     settings = bench_settings(home)
-    svc = VMService(settings, Hypervisor(settings.libvirt_uri))
+    host = Host(settings, hypervisor=Hypervisor(settings.libvirt_uri))
+    svc = host.vms
     subsystems = list(Subsystem)
     for i in range(VM_COUNT):
         name = f"vm-{i:02d}"
@@ -69,7 +70,7 @@ def populate(home: Path) -> Any:
             state=state, memory_mib=256, vcpus=1, accel="tcg", image_hash="bench",
             vm_dir=str(svc.paths(name).root), ssh_port=47000 + 2 * i,
             agent_port=47001 + 2 * i))
-    return svc.hv
+    return host
 
 
 def serve(home: Path, port: int) -> None:
@@ -78,8 +79,8 @@ def serve(home: Path, port: int) -> None:
 
     from api import create_app
 
-    hypervisor = populate(home)
-    app = create_app(bench_settings(home), hypervisor=hypervisor, api_host="127.0.0.1")
+    host = populate(home)
+    app = create_app(host=host, api_host="127.0.0.1")
     uvicorn.run(app, host="127.0.0.1",
                 port=port, log_level="warning", access_log=False)
 

@@ -10,7 +10,7 @@ import argparse
 import json
 import time
 
-from bench.vmhome import log, scratch_service
+from bench.vmhome import log, scratch_host
 from guest_agent.protocol import Subsystem
 from orchestrator.vms import VMService
 
@@ -33,7 +33,8 @@ def main() -> None:
     parser.add_argument("--vcpus", type=int, default=2)
     args = parser.parse_args()
 
-    with scratch_service() as service:
+    with scratch_host() as host:
+        service = host.vms
         started = time.monotonic()
         record, stages = service.create("bench", Subsystem.CHAT, args.memory, args.vcpus,
                                         progress=log)

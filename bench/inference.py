@@ -129,10 +129,11 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
 
 def run_in_scratch_vm(args: argparse.Namespace) -> dict[str, Any]:
     """Boot a VM of our own, measure its agent, delete it."""
-    from bench.vmhome import log, scratch_service
+    from bench.vmhome import log, scratch_host
     from guest_agent.protocol import Subsystem
 
-    with scratch_service() as service:
+    with scratch_host() as host:
+        service = host.vms
         record, _ = service.create("infer", Subsystem.CHAT, progress=log)
         agent = service.agent(record)
         agent.wait_model(timeout_s=600)

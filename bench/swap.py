@@ -17,10 +17,10 @@ import time
 
 import psutil
 
-from bench.vmhome import log, scratch_service
+from bench.vmhome import log, scratch_host
+from core.config import SwapPolicy
 from guest_agent.protocol import Subsystem
 from orchestrator.budget import qemu_rss_mib
-from orchestrator.config import SwapPolicy
 from orchestrator.swap import SwapEngine
 from orchestrator.vms import VMService
 
@@ -61,8 +61,8 @@ class PeakRSS:
 
 def naive_switch(service: VMService, engine: SwapEngine, source: str, target: str) -> float:
     started = time.monotonic()
-    service.hv.managed_save(service.domain_name(source))
-    service.hv.start(service.domain_name(target))
+    service.lifecycle.save(service.store.get_vm(source), "bench: naive switch")
+    service.lifecycle.restore(service.store.get_vm(target), "bench: naive switch")
     engine._wait_agent(service.store.get_vm(target), timeout_s=120)
     return time.monotonic() - started
 
@@ -73,21 +73,20 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=1024)
     args = parser.parse_args()
 
-    with scratch_service() as service:
-        engine = SwapEngine(service)
+    with scratch_host() as host:
+        service, engine = host.vms, host.swap
+        # Each create makes its VM the foreground (single-active): the other is saved.
         for name in NAMES:
-            service.create(name, Subsystem.CHAT, memory_mib=args.memory, wait=False)
-        for name in NAMES:
-            service.wait_ready(name, progress=log)
-        engine.activate(NAMES[0], settle_in_background=False)
-        engine.activate(NAMES[1], settle_in_background=False)  # both have been saved once
+            service.create(name, Subsystem.CHAT, memory_mib=args.memory, progress=log)
+        engine.activate(NAMES[0])
+        engine.activate(NAMES[1])  # both have been saved once
         ours: list[float] = []
         phases: list[dict[str, float]] = []
         naive: list[float] = []
         with PeakRSS(service) as peak:
             for i in range(args.rounds):
                 target = NAMES[i % 2]
-                result = engine.activate(target, settle_in_background=False)
+                result = engine.activate(target)
                 ours.append(result.seconds)
                 phases.append(result.timings)
                 log(f"ours  -> {target}: {result.path} {result.seconds:.3f}s")
@@ -106,7 +105,7 @@ def main() -> None:
             service.settings.memory_budget_mib = 8192
             resumed: list[float] = []
             for i in range(args.rounds + 2):
-                result = engine.activate(NAMES[i % 2], settle_in_background=False)
+                result = engine.activate(NAMES[i % 2])
                 if result.path == "resumed":
                     resumed.append(result.seconds)
                 log(f"paused -> {NAMES[i % 2]}: {result.path} {result.seconds:.3f}s")

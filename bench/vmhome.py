@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.config import Settings
 from images.builder import build_image
-from orchestrator.config import Settings
-from orchestrator.vms import VMService
+from orchestrator.host import Host
 
 
 def log(message: str) -> None:
@@ -21,18 +21,20 @@ def log(message: str) -> None:
 
 
 @contextmanager
-def scratch_service() -> Iterator[VMService]:
-    """A VMService on a home of its own; its VMs and files are removed afterwards."""
+def scratch_host() -> Iterator[Host]:
+    """A host on a home of its own (settling inline, as measured); its VMs and files are
+    removed afterwards."""
     home = Path(tempfile.mkdtemp(prefix="somnus-bench-", dir="/var/tmp"))
     home.chmod(0o755)  # libvirt's QEMU user must traverse it
     os.environ.update(SOMNUS_HOME=str(home), SOMNUS_DOMAIN_PREFIX=f"somnus-b{os.getpid()}-",
                       SOMNUS_PORT_RANGE_START="45000", SOMNUS_PORT_RANGE_END="45999")
     settings = Settings()
     build_image(settings, progress=log)
-    service = VMService(settings)
+    host = Host(settings, settle_inline=True)
     try:
-        yield service
+        yield host
     finally:
-        for record in service.store.list_vms():
-            service.delete(record.name)
+        for record in host.store.list_vms():
+            host.vms.delete(record.name)
+        host.close()
         shutil.rmtree(home, ignore_errors=True)

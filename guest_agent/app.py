@@ -6,7 +6,7 @@ import hmac
 import platform
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from importlib import metadata
 from pathlib import Path
@@ -22,7 +22,6 @@ from guest_agent.agent import Agent
 from guest_agent.chat import BadChatRequest, Turn
 from guest_agent.gate import GatedStream, QueueFull
 from guest_agent.memory.manager import MemoryNotFound, MemoryNotReady
-from guest_agent.models_dir import list_models
 from guest_agent.prompts.manager import UnknownRole
 from guest_agent.prompts.stack import ContextOverflow
 from guest_agent.protocol import (
@@ -64,6 +63,7 @@ from guest_agent.protocol import (
     RoleDefinition,
     RoleList,
 )
+from guest_agent.protocol.models_dir import list_models
 from guest_agent.runtime import InputTooLong, ModelNotReady, ModelRuntime
 
 # Below this the guest clock is left alone (the request itself takes milliseconds).
@@ -81,6 +81,7 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (MemoryNotFound, 404),
 )
 RETRY_AFTER_S = "2"
+BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
 def load_config(path: str | Path = AGENT_CONFIG_PATH) -> AgentConfig:
@@ -98,8 +99,9 @@ def _package_versions() -> dict[str, str]:
     return versions
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    headers = {"Retry-After": RETRY_AFTER_S} if status == 503 else None
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    if status == 503:
+        headers = {**(headers or {}), "Retry-After": RETRY_AFTER_S}
     body = ErrorResponse(error=message)
     return JSONResponse(status_code=status, content=body.model_dump(), headers=headers)
 
@@ -147,11 +149,13 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
     agent = Agent(config, runtime)
 
     def require_token(request: Request) -> None:
+        # 401 for a missing and a wrong token alike: OpenAI clients read 401 as "bad key".
         given = request.headers.get("authorization", "").encode()
         if not given:
-            raise HTTPException(status_code=401, detail="missing bearer token")
+            raise HTTPException(status_code=401, detail="missing bearer token",
+                                headers=BEARER_CHALLENGE)
         if not hmac.compare_digest(given, expected):
-            raise HTTPException(status_code=403, detail="wrong token")
+            raise HTTPException(status_code=401, detail="wrong token", headers=BEARER_CHALLENGE)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -174,7 +178,7 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
 
     @app.exception_handler(HTTPException)
     async def _http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        return _error(exc.status_code, str(exc.detail), exc.headers)
 
     for exc_type, status in ERROR_STATUS:
 

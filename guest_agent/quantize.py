@@ -15,8 +15,8 @@ from pathlib import Path
 
 import llama_cpp
 
-from guest_agent.gguf import MetaValue, is_gguf, read_metadata
 from guest_agent.protocol import ModelFormat
+from guest_agent.protocol.gguf import MetaValue, is_gguf, read_metadata
 
 log = logging.getLogger(__name__)
 

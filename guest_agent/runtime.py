@@ -19,9 +19,9 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_types import CreateCompletionStreamResponse
 
-from guest_agent.gguf import context_length, read_metadata
-from guest_agent.models_dir import bundled_model_dir
 from guest_agent.protocol import AIModelConfiguration, ModelState, ModelStatus
+from guest_agent.protocol.gguf import context_length, read_metadata
+from guest_agent.protocol.models_dir import bundled_model_dir
 from guest_agent.quantize import ensure_bits, file_type_of, require_gguf
 
 log = logging.getLogger(__name__)

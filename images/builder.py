@@ -21,6 +21,8 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.config import Settings
+from core.errors import ImageBuildError
 from images import recipe, wheels
 from images.catalog import ImageManifest, find_image, image_dir
 from images.plumbing import (
@@ -33,8 +35,6 @@ from images.plumbing import (
     remove_tree,
     require_tools,
 )
-from orchestrator.config import Settings
-from orchestrator.errors import ImageBuildError
 
 # Base tarball + unpacked tree + raw ext4 + qcow2 of a ~1.3 GB root filesystem, with margin.
 NEED_FREE_BYTES = 6 * 1024**3

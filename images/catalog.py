@@ -9,8 +9,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
-from orchestrator.config import Settings
-from orchestrator.errors import InvalidInput, NotFound
+from core.config import Settings
+from core.errors import InvalidInput, NotFound
 
 MANIFEST_NAME = "manifest.json"
 DIR_HASH_CHARS = 16

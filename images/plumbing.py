@@ -8,16 +8,15 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from orchestrator.config import Settings
-from orchestrator.errors import ImageBuildError, InsufficientResources
-
-Progress = Callable[[str], None]
+from core.config import Settings
+from core.errors import ImageBuildError, InsufficientResources
+from core.types import Progress
 
 
 class BuildLog:

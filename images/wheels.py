@@ -17,10 +17,10 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+from core.config import Settings, load_settings
+from core.errors import ImageBuildError
 from images import recipe
 from images.plumbing import BuildLog, Progress, exclusive_lock, make_world_readable, publish_dir
-from orchestrator.config import Settings, load_settings
-from orchestrator.errors import ImageBuildError
 
 LLAMA_CPP_VERSION = "0.3.36"
 PORTABLE_CMAKE_ARGS = (

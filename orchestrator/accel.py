@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.config import AccelMode
+from core.config import AccelMode
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from core.errors import Busy, GuestError, GuestInvalidInput, GuestNotFound
 from guest_agent.protocol import (
     AgentStatus,
     ChatCompletionChunk,
@@ -19,6 +20,7 @@ from guest_agent.protocol import (
     ChatCompletionResponse,
     ClockRequest,
     ClockResponse,
+    ErrorResponse,
     HealthResponse,
     InfoResponse,
     MemoryAddResponse,
@@ -31,7 +33,6 @@ from guest_agent.protocol import (
     MemoryType,
     PromptInspection,
 )
-from orchestrator.errors import GuestError
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -40,20 +41,77 @@ CHAT_TIMEOUT_S = 600.0
 JSON = "application/json"
 
 
+def _one_line(text: object, limit: int = 300) -> str:
+    """``text`` on one line (whitespace collapsed), cut at ``limit``."""
+    return " ".join(str(text).split())[:limit]
+
+
+def _reason(exc: Exception) -> str:
+    return _one_line(exc) or type(exc).__name__
+
+
 def _error_text(response: httpx.Response) -> str:
+    """The guest's own message, on one line.
+
+    The agent answers ``{error, detail}`` (guest_agent.app); FastAPI's request
+    validation answers ``{detail: [{loc, msg}, ...]}``; anything else is shown raw.
+    """
     try:
         body = response.json()
-        return str(body.get("error") or body.get("detail") or body)[:300]
     except ValueError:
-        return response.text[:300]
+        body = response.text
+    if isinstance(body, dict):
+        detail = body.get("detail")
+        if isinstance(detail, list):  # FastAPI's 422
+            detail = "; ".join(
+                f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg', d)}"
+                if isinstance(d, dict) else str(d) for d in detail)
+        body = body.get("error") or detail or body
+    return _one_line(body) or f"HTTP {response.status_code}"
+
+
+def _retry_after(response: httpx.Response) -> int:
+    """The guest's ``Retry-After`` in whole seconds (1 when absent or not a number)."""
+    try:
+        return max(0, int(response.headers.get("retry-after", "")))
+    except ValueError:
+        return 1
 
 
 class AgentClient:
-    """Typed calls to one VM's agent."""
+    """Typed calls to one VM's agent.
 
-    def __init__(self, port: int, token: str, host: str = "127.0.0.1") -> None:
+    ``vm_name`` prefixes error messages; without it they name the agent's URL.
+    """
+
+    def __init__(self, port: int, token: str, host: str = "127.0.0.1",
+                 vm_name: str | None = None) -> None:
         self.base_url = f"http://{host}:{port}"
         self.headers = {"Authorization": f"Bearer {token}"}
+        self.vm = vm_name
+
+    @property
+    def _who(self) -> str:
+        return f"VM '{self.vm}'" if self.vm else f"the agent at {self.base_url}"
+
+    def _refused(self, method: str, path: str, response: httpx.Response) -> GuestError:
+        """The error for a non-200 answer: the guest's status keeps its meaning."""
+        status, text = response.status_code, _error_text(response)
+        if status == 503:  # the guest's queue is full or its model still loads
+            return Busy(text, _retry_after(response), self.vm)
+        if status in (400, 422):
+            return GuestInvalidInput(f"{self._who}: {text}")
+        if status == 404:
+            return GuestNotFound(f"{self._who}: {text}")
+        if status in (401, 403):
+            return GuestError(f"{self._who}: the agent refused the VM's token ({status}: {text})")
+        return GuestError(f"{self._who}: agent {method} {path} answered {status}: {text}")
+
+    def _unreachable(self, exc: httpx.HTTPError) -> GuestError:
+        """The error for no answer at all (refused, reset, timed out): one line and what to run."""
+        where = f"VM '{self.vm}': its agent at {self.base_url}" if self.vm else self._who
+        check = f"somnus vm info {self.vm}" if self.vm else "somnus vm info NAME"
+        return GuestError(f"{where} does not answer ({_reason(exc)}); check the VM: '{check}'")
 
     def _send(self, method: str, path: str, timeout_s: float, *, body: BaseModel | None = None,
               content: str | None = None, params: dict[str, str | int] | None = None,
@@ -66,10 +124,9 @@ class AgentClient:
                 timeout=timeout_s,
             )
         except httpx.HTTPError as exc:
-            raise GuestError(f"agent at {self.base_url} unreachable: {exc}") from exc
+            raise self._unreachable(exc) from exc
         if response.status_code != 200:
-            raise GuestError(f"agent {path} answered {response.status_code}: "
-                             f"{_error_text(response)}")
+            raise self._refused(method, path, response)
         return response
 
     def _call(self, method: str, path: str, model: type[T], timeout_s: float, *,
@@ -79,7 +136,8 @@ class AgentClient:
         try:
             return model.model_validate_json(response.content)
         except ValidationError as exc:
-            raise GuestError(f"agent {path} sent an unexpected body: {exc}") from exc
+            raise GuestError(f"{self._who}: agent {path} sent an unexpected body: "
+                             f"{_one_line(exc)}") from exc
 
     # -- status -------------------------------------------------------------------------
 
@@ -129,24 +187,41 @@ class AgentClient:
 
     def chat_stream(self, request: ChatCompletionRequest) -> Iterator[ChatCompletionChunk]:
         """Server-sent chunks as they come; the last carries usage and the Somnus report."""
+        path = "/v1/chat/completions"
         body = request.model_copy(update={"stream": True}).model_dump_json()
+        answered = False
         try:
-            with httpx.stream("POST", self.base_url + "/v1/chat/completions",
+            with httpx.stream("POST", self.base_url + path,
                               headers={**self.headers, "Content-Type": JSON}, content=body,
                               timeout=CHAT_TIMEOUT_S) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise GuestError(f"agent chat answered {response.status_code}: "
-                                     f"{_error_text(response)}")
+                    raise self._refused("POST", path, response)
+                answered = True
                 for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    yield ChatCompletionChunk.model_validate_json(data)
+                    yield self._chunk(data)
         except httpx.HTTPError as exc:
-            raise GuestError(f"agent chat stream broke: {exc}") from exc
+            if not answered:
+                raise self._unreachable(exc) from exc
+            raise GuestError(f"{self._who}: agent chat stream broke: {_reason(exc)}") from exc
+
+    def _chunk(self, data: str) -> ChatCompletionChunk:
+        try:
+            return ChatCompletionChunk.model_validate_json(data)
+        except ValidationError as exc:
+            # Past the status line the agent reports a failure in-band: {"error": ...}.
+            try:
+                failure = ErrorResponse.model_validate_json(data)
+            except ValidationError:
+                raise GuestError(f"{self._who}: agent chat sent an unexpected chunk: "
+                                 f"{_one_line(data)}") from exc
+            raise GuestError(f"{self._who}: agent chat failed mid-stream: "
+                             f"{_one_line(failure.error)}") from None
 
     def last_prompt(self) -> PromptInspection:
         return self._call("GET", "/prompt/last", PromptInspection, 10.0)

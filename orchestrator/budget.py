@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import psutil
 
-from orchestrator.config import Settings
+from core.config import Settings
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import VMRecord
 
@@ -49,3 +51,20 @@ def measure(hv: Hypervisor, records: list[VMRecord], settings: Settings) -> Budg
         if hv.qemu_pid(record.domain_name) is not None or hv.is_active(record.domain_name):
             resident[record.name] = qemu_rss_mib(hv, record.domain_name)
     return BudgetView(settings.memory_budget_mib, resident)
+
+
+class Meter(Protocol):
+    """Measures the resident memory of VMs against the budget (the admission check's eyes)."""
+
+    def __call__(self, records: list[VMRecord]) -> BudgetView: ...
+
+
+class QemuMeter:
+    """The real meter: each QEMU process's RSS on this host."""
+
+    def __init__(self, hypervisor: Callable[[], Hypervisor], settings: Settings) -> None:
+        self._hypervisor = hypervisor
+        self.settings = settings
+
+    def __call__(self, records: list[VMRecord]) -> BudgetView:
+        return measure(self._hypervisor(), records, self.settings)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 
+from core.errors import Conflict
+from core.types import Progress
 from guest_agent.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -20,21 +22,22 @@ from guest_agent.protocol import (
     Subsystem,
 )
 from orchestrator.agent_client import AgentClient
-from orchestrator.errors import Conflict
 from orchestrator.models import SystemCache, VMRecord
-from orchestrator.projects.tables import ProjectStore
 from orchestrator.swap import SwapEngine
 from orchestrator.vms import VMService
 
-Progress = Callable[[str], None]
+# A project's pending note for the VM it lives in (e.g. "the last change was undone").
+NoteSource = Callable[[str], str | None]
 
 
 class ChatService:
     """Conversations with the agents of Somnus VMs."""
 
-    def __init__(self, service: VMService) -> None:
+    def __init__(self, service: VMService, swap: SwapEngine,
+                 notes: NoteSource | None = None) -> None:
         self.svc = service
-        self.swap = SwapEngine(service)
+        self.swap = swap
+        self.notes = notes
 
     def target(self, ref: str | None, progress: Progress | None = None) -> VMRecord:
         """The VM to talk to (default: the foreground one), activated when not running."""
@@ -60,8 +63,8 @@ class ChatService:
     def _request(self, record: VMRecord, message: str, new: bool,
                  **sampling: float | int | None) -> ChatCompletionRequest:
         # A project's pending note (e.g. an undo) reaches the model once, in CONTEXT.
-        note = (ProjectStore(self.svc.settings.db_path).take_note(record.name)
-                if record.subsystem is Subsystem.PROJECT else None)
+        note = (self.notes(record.name)
+                if self.notes and record.subsystem is Subsystem.PROJECT else None)
         return ChatCompletionRequest.model_validate({
             "messages": [ChatMessage(role=ChatRole.USER, content=message)],
             "somnus": SomnusChatOptions(conversation_id=self.conversation_id(record, new),

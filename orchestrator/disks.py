@@ -6,7 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from orchestrator.errors import HypervisorUnavailable, InsufficientResources
+from core.errors import HypervisorUnavailable, InsufficientResources
 
 
 def require_free_space(path: Path, needed_mib: int) -> None:

@@ -10,6 +10,9 @@ from orchestrator.accel import Acceleration
 
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 ET.register_namespace("qemu", QEMU_NS)
+# Somnus's mark in <metadata>: which home owns the domain, so orphans can be told apart.
+SOMNUS_NS = "urn:somnus:domain:1"
+ET.register_namespace("somnus", SOMNUS_NS)
 
 # On q35 the NIC gets a fixed slot on pcie.0: the default one clashes with libvirt's root ports.
 NIC_PCI_ADDR = "0x9"
@@ -34,6 +37,9 @@ class DomainSpec:
     ssh_port: int
     agent_port: int
     agent_guest_port: int
+    vm_name: str = ""  # the Somnus name (the domain's carries the home's prefix)
+    owner_home: str = ""  # the Somnus home whose record owns this domain
+    tb_cache_mib: int = 0  # TCG translation cache; 0 leaves QEMU's default (1 GiB)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -75,6 +81,8 @@ def build_domain_xml(spec: DomainSpec) -> str:
     _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "currentMemory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(spec.vcpus))
+    metadata = _sub(domain, "metadata")
+    ET.SubElement(metadata, f"{{{SOMNUS_NS}}}vm", name=spec.vm_name, home=spec.owner_home)
 
     os_el = _sub(domain, "os")
     _sub(os_el, "type", "hvm", arch="x86_64", machine="q35")
@@ -85,6 +93,10 @@ def build_domain_xml(spec: DomainSpec) -> str:
     features = _sub(domain, "features")
     _sub(features, "acpi")
     _sub(features, "apic")
+    if spec.accel.domain_type == "qemu" and spec.tb_cache_mib:
+        # QEMU's system-mode default code buffer is 1 GiB: most of an idle guest's RSS.
+        tcg = _sub(features, "tcg")
+        _sub(tcg, "tb-cache", str(spec.tb_cache_mib), unit="MiB")
     _sub(domain, "cpu", mode=spec.accel.cpu_mode)
     _sub(domain, "clock", offset="utc")
     _sub(domain, "on_poweroff", "destroy")
@@ -110,3 +122,11 @@ def build_domain_xml(spec: DomainSpec) -> str:
         ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")
+
+
+def somnus_owner(domain_xml: str) -> tuple[str, str] | None:
+    """(Somnus name, owning home) from a domain's XML; None for a domain Somnus did not mark."""
+    mark = ET.fromstring(domain_xml).find(f"metadata/{{{SOMNUS_NS}}}vm")
+    if mark is None:
+        return None
+    return mark.get("name", ""), mark.get("home", "")

@@ -7,14 +7,12 @@ it was created, so a new VM of the same name starts clean.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from datetime import datetime
 
-from sqlalchemy import Engine, func
+from sqlalchemy import func
 from sqlmodel import Field, SQLModel, col, select
 
-from orchestrator.errors import SomnusError
+from core.errors import SomnusError
 from orchestrator.models import VMRecord, utcnow
 from orchestrator.store import Store
 
@@ -34,21 +32,8 @@ class VMErrorRecord(SQLModel, table=True):
     message: str
 
 
-_ready: weakref.WeakSet[Engine] = weakref.WeakSet()
-_ready_lock = threading.Lock()
-
-
-def _ensure_table(store: Store) -> None:
-    """Create the table on first use: a Store made before this module was imported lacks it."""
-    with _ready_lock:
-        if store.engine not in _ready:
-            SQLModel.metadata.create_all(store.engine, tables=[VMErrorRecord.__table__])  # type: ignore[attr-defined]
-            _ready.add(store.engine)
-
-
 def add_error(store: Store, vm: str, source: str, message: str) -> VMErrorRecord:
     """Record that ``source`` failed on ``vm`` with ``message``."""
-    _ensure_table(store)
     record = VMErrorRecord(vm_name=vm, source=source[:200], message=message[:MAX_MESSAGE_CHARS])
     with store.session() as s:
         s.add(record)
@@ -59,7 +44,6 @@ def add_error(store: Store, vm: str, source: str, message: str) -> VMErrorRecord
 
 def list_errors(store: Store, vm: str, limit: int = 100) -> list[VMErrorRecord]:
     """The VM's errors since it was created, newest first (NotFound if there is no such VM)."""
-    _ensure_table(store)
     since = store.get_vm(vm).created_at
     query = (select(VMErrorRecord)
              .where(VMErrorRecord.vm_name == vm, col(VMErrorRecord.at) >= since)
@@ -71,7 +55,6 @@ def list_errors(store: Store, vm: str, limit: int = 100) -> list[VMErrorRecord]:
 
 def error_counts(store: Store) -> dict[str, int]:
     """Errors per existing VM since it was created, as ``list_errors`` counts them (one query)."""
-    _ensure_table(store)
     query = (select(VMErrorRecord.vm_name, func.count())
              .join(VMRecord, col(VMRecord.name) == col(VMErrorRecord.vm_name))
              .where(col(VMErrorRecord.at) >= col(VMRecord.created_at))

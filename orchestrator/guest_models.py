@@ -5,10 +5,10 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from guest_agent.gguf import GGUFError, read_metadata
-from guest_agent.models_dir import USER_MODELS_DIR
+from core.errors import GuestError, InvalidInput, NotFound
 from guest_agent.protocol import AGENT_CONFIG_PATH
-from orchestrator.errors import GuestError, InvalidInput, NotFound
+from guest_agent.protocol.gguf import GGUFError, read_metadata
+from guest_agent.protocol.models_dir import USER_MODELS_DIR
 from orchestrator.ssh import put_file
 from orchestrator.vms import VMService
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from orchestrator.errors import Conflict, HypervisorUnavailable, NotFound
+from core.errors import Conflict, HypervisorUnavailable, NotFound
 from orchestrator.models import VMState
 
 
@@ -57,6 +58,13 @@ class Hypervisor:
                 f"cannot connect to libvirt at {uri}: {_one_line(exc)} "
                 "(is libvirtd running? try 'libvirtd -d')"
             ) from exc
+
+    def alive(self) -> bool:
+        """Whether the connection still answers (libvirtd may have restarted)."""
+        try:
+            return bool(self.conn.isAlive())
+        except libvirt.libvirtError:
+            return False
 
     def close(self) -> None:
         with contextlib.suppress(libvirt.libvirtError):
@@ -145,6 +153,12 @@ class Hypervisor:
     def managed_save_path(self, name: str) -> Path:
         """Where libvirt's QEMU driver keeps the managed save (fixed for qemu:///system)."""
         return Path("/var/lib/libvirt/qemu/save") / f"{name}.save"
+
+    def save_folder_free_mib(self, name: str, fallback: Path) -> int:
+        """Free MiB where the domain's managed save goes (``fallback`` if that folder is absent)."""
+        folder = self.managed_save_path(name).parent
+        probe = folder if folder.exists() else fallback
+        return shutil.disk_usage(probe).free // (1024 * 1024)
 
     def qemu_pid(self, name: str) -> int | None:
         """PID of the domain's QEMU process, from libvirt's pid file."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 
 from sqlmodel import Field, SQLModel
 
+from core.types import utcnow
 from guest_agent.protocol import Subsystem
 
 __all__ = [
@@ -21,9 +22,6 @@ __all__ = [
     "utcnow",
 ]
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class VMState(StrEnum):
@@ -62,6 +60,7 @@ class VMRecord(SQLModel, table=True):
     last_error: str | None = None
     # When the VM last left the foreground or entered it: least recently used is demoted first.
     last_active_at: datetime = Field(default_factory=utcnow)
+    domain_uuid: str | None = None  # libvirt's UUID: tells our domains from orphans
 
 
 class StateTransition(SQLModel, table=True):

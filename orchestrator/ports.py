@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Iterable
 
-from orchestrator.errors import InsufficientResources
+from core.errors import InsufficientResources
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -10,9 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from orchestrator.errors import GuestError, ReadinessTimeout
-
-Progress = Callable[[str], None]
+from core.errors import GuestError, ReadinessTimeout
+from core.types import Progress
 
 
 class CloudInitFailed(GuestError):

@@ -16,10 +16,10 @@ from typing import Any
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from core.errors import HypervisorUnavailable
 from guest_agent.protocol import AgentConfig
 from orchestrator.credentials import write_private
 from orchestrator.domain_xml import GUEST_NIC_NAME
-from orchestrator.errors import HypervisorUnavailable
 
 TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "cloud-init"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 
-from orchestrator.errors import GuestError
+from core.errors import GuestError
 
 LOOPBACK = "127.0.0.1"
 # While a guest boots, every probe fails; paramiko would log each failure with a

@@ -1,17 +1,14 @@
-"""The orchestrator's SQLite state store: VM records and their state history."""
+"""The orchestrator's SQLite state store: VM records, their state history, the swap ledger."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Engine, Table, event
-from sqlmodel import Session, SQLModel, create_engine, select
+from sqlalchemy import Engine
+from sqlmodel import Session, select
 
-from orchestrator.errors import NotFound
+from core.errors import NotFound
 from orchestrator.models import (
     StateTransition,
     SwapOutcome,
@@ -24,33 +21,15 @@ from orchestrator.models import (
 )
 
 
-def sqlite_engine(db_path: Path) -> Engine:
-    """The engine every Somnus table uses: one SQLite file, WAL, waits on a busy lock.
-
-    WAL with synchronous=NORMAL keeps each commit cheap (no fsync per transaction)
-    while a crash still loses nothing committed before the last checkpoint.
-    """
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(f"sqlite:///{db_path}", connect_args={"timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(connection: Any, _record: Any) -> None:
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
-
-    return engine
-
-
 class SQLiteStore:
-    """Base of every store on the one SQLite file: creates its tables, short sessions."""
+    """Base of every store on the one SQLite file (``orchestrator.database``): short sessions.
 
-    def __init__(self, db_path: Path, tables: Sequence[Table] | None = None) -> None:
-        self.engine: Engine = sqlite_engine(db_path)
-        # Each store creates only its own tables (None: every table imported so far).
-        SQLModel.metadata.create_all(self.engine, tables=tables)
-        os.chmod(db_path, 0o600)
+    Stores share the engine the composition root opened; the schema is the
+    migrations' job, not the stores'.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -89,7 +68,10 @@ class Store(SQLiteStore):
 
     def set_state(self, name: str, state: VMState, reason: str = "",
                   error: str | None = None) -> VMRecord:
-        """Move a VM to ``state`` and record the transition (no-op if unchanged)."""
+        """Move a VM to ``state`` and record the transition (no-op if unchanged).
+
+        Only ``orchestrator.lifecycle`` calls this: it checks the move is allowed.
+        """
         with self.session() as s:
             record = s.exec(select(VMRecord).where(VMRecord.name == name)).one()
             if record.state != state:
@@ -114,8 +96,9 @@ class Store(SQLiteStore):
             record = s.exec(select(VMRecord).where(VMRecord.name == name)).first()
             if record is None:
                 return
-            s.add(StateTransition(vm_name=name, from_state=record.state,
-                                  to_state=VMState.DELETED, reason=reason))
+            if record.state is not VMState.DELETED:
+                s.add(StateTransition(vm_name=name, from_state=record.state,
+                                      to_state=VMState.DELETED, reason=reason))
             s.delete(record)
             s.commit()
 

@@ -1,49 +1,36 @@
-"""Foreground swaps under the memory budget: activate, settle, recover.
+"""Foreground swaps under the memory budget: policy only (who steps back, to which tier).
 
-One VM is in the foreground. Activating another pauses the current one (its RAM
-stays, so this is instant), brings the target up from whatever tier it is in
-(paused → resume, saved → restore, stopped → boot), waits for its agent, and
-only then moves the previous VM to its tier in the background (``settle``): the
-user waits for the restore, not for the save.
+One VM is in the foreground. A VM entering RAM (``activate``, and also ``vm create``,
+``vm start`` and a revert to a running snapshot, through :meth:`SwapEngine.entering`)
+pauses the current one (its RAM stays, so this is instant), makes room under the
+budget, and only after the target is up moves the previous VM to its tier in the
+background (``settle``): the user waits for the restore, not for the save.
 
-Every swap is a row in the handover ledger; a swap that a killed orchestrator
-left open is finished or rolled back by the next command (``recover``).
+Every swap is a row in the handover ledger; a swap that a killed orchestrator left
+open is finished or rolled back by the next command (``recover``). The moves
+themselves are :class:`~orchestrator.lifecycle.Lifecycle`'s.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import subprocess
-import sys
+import logging
 import time
-from collections.abc import Callable
-from contextlib import suppress
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
+from core.config import SwapPolicy
+from core.errors import GuestError, InsufficientResources, InvalidInput, NotFound
+from core.types import Progress
 from guest_agent.protocol import Subsystem
-from orchestrator.budget import BudgetView, measure, projected_mib
-from orchestrator.config import SwapPolicy
-from orchestrator.errors import (
-    GuestError,
-    HypervisorUnavailable,
-    InsufficientResources,
-    InvalidInput,
-    NotFound,
-)
+from orchestrator.budget import BudgetView, projected_mib
+from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import SwapOutcome, SwapPhase, VMRecord, VMState
 from orchestrator.readiness import Stage, wait_ready
+from orchestrator.seams import Entry, FaultHook, Settler, env_faults
+from orchestrator.views import ActivateView
 from orchestrator.vms import VMService
 
-Progress = Callable[[str], None]
-# Fault injection for the crash tests: the process SIGKILLs itself on reaching this phase.
-FAULT_ENV = "SOMNUS_FAULT_AT"
-
-
-def _fault_point(name: str) -> None:
-    if os.environ.get(FAULT_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+log = logging.getLogger(__name__)
 
 
 class Laps:
@@ -59,42 +46,33 @@ class Laps:
         self._last = now
 
 
-@dataclass
-class ActivateResult:
-    vm: str
-    previous: str | None
-    path: str  # already | resumed | restored | cold-boot | cold-boot-after-bad-save
-    seconds: float
-    seq: int | None
-    timings: dict[str, float] = field(default_factory=dict)
+class _Handover:
+    """The ledger row of one VM entering the foreground."""
 
+    def __init__(self, engine: SwapEngine, seq: int) -> None:
+        self.engine = engine
+        self.seq = seq
+        self.detail = ""
 
-@dataclass
-class VMStatus:
-    name: str
-    subsystem: str
-    state: str
-    tier: str  # foreground | overlay | background | paused | saved | stopped | error
-    memory_mib: int
-    resident_mib: int
-
-
-@dataclass
-class StatusView:
-    policy: str
-    foreground: str | None
-    budget_limit_mib: int
-    budget_used_mib: int
-    vms: list[VMStatus]
+    def started(self) -> None:
+        self.engine.store.swap_phase(self.seq, SwapPhase.TO_STARTED)
+        self.engine.faults("to_started")
 
 
 class SwapEngine:
     """Foreground, tiers and budget over one :class:`VMService`."""
 
-    def __init__(self, service: VMService) -> None:
-        self.svc = service
-        self.settings = service.settings
-        self.store = service.store
+    def __init__(self, vms: VMService, settler: Settler, faults: FaultHook = env_faults) -> None:
+        self.vms = vms
+        self.lifecycle = vms.lifecycle
+        self.settings = vms.settings
+        self.store = vms.store
+        self.settler = settler
+        self.faults = faults
+
+    @property
+    def hv(self) -> Hypervisor:
+        return self.vms.hv
 
     # -- resolving ----------------------------------------------------------------------------
 
@@ -115,54 +93,70 @@ class SwapEngine:
             raise InvalidInput(f"several {ref} VMs ({names}): name the one to activate")
         return matches[0]
 
-    # -- activate -------------------------------------------------------------------------
+    # -- entering the foreground ----------------------------------------------------------
 
-    def activate(self, ref: str, progress: Progress | None = None,
-                 settle_in_background: bool = True) -> ActivateResult:
-        """Bring ``ref`` to the foreground; returns once its agent answers."""
-        started = time.monotonic()
-        laps = Laps()
-        with self.svc.locked():
-            self.recover(progress)
-            self.svc.reconcile()
-            target = self.resolve(ref)
+    @contextmanager
+    def entering(self, target: VMRecord, progress: Progress | None = None) -> Iterator[Entry]:
+        """Make ``target`` the foreground around the block that brings it up.
+
+        Before the block: a ledger row, the VMs that step back paused, room made under
+        the budget. If the block fails, the swap is rolled back (the previous VM comes
+        back); once it succeeds the row is closed and the settle worker is asked to
+        move the previous VM to its tier.
+        """
+        with self.vms.lock():
+            self.lifecycle.check_can_fit(target.name, target.memory_mib)  # before anyone moves
             previous = self.store.foreground()
-            laps.lap("prepare")
-            if previous == target.name and self.svc.hv.is_running(target.domain_name):
-                self._wait_agent(target, timeout_s=30)
-                return ActivateResult(target.name, previous, "already",
-                                      round(time.monotonic() - started, 3), None)
             swap = self.store.open_swap(previous, target.name)
             assert swap.seq is not None
+            handover = _Handover(self, swap.seq)
             try:
                 for record in self._leaving(target):
                     self._pause(record)
                 self.store.swap_phase(swap.seq, SwapPhase.FROM_PAUSED)
-                laps.lap("pause")
-                _fault_point("from_paused")
+                self.faults("from_paused")
                 self._make_room(target, progress)
-                laps.lap("room")
-                path = self._bring_up(target, swap.seq, laps, progress)
+                yield handover
             except BaseException as exc:
-                self._roll_back(swap.seq, previous, target.name, f"{type(exc).__name__}: {exc}")
+                try:
+                    self._roll_back(swap.seq, previous, target.name,
+                                    f"{type(exc).__name__}: {exc}")
+                except Exception:
+                    # The ledger stays open: the next command's recovery tries again.
+                    log.exception("rolling back swap %s failed", swap.seq)
                 raise
             self.store.swap_phase(swap.seq, SwapPhase.TO_READY)
-            _fault_point("to_ready")
-            self.store.close_swap(swap.seq, SwapOutcome.DONE, path)
+            self.faults("to_ready")
+            self.store.close_swap(swap.seq, SwapOutcome.DONE, handover.detail)
             self.store.touch(target.name)
+        self.settler.settle_later()
+
+    def activate(self, ref: str, progress: Progress | None = None) -> ActivateView:
+        """Bring ``ref`` to the foreground; returns once its agent answers."""
+        started = time.monotonic()
+        laps = Laps()
+        with self.vms.changing():
+            target = self.resolve(ref)
+            previous = self.store.foreground()
+            laps.lap("prepare")
+            if previous == target.name and self.hv.is_running(target.domain_name):
+                self._wait_agent(target, timeout_s=30)
+                return ActivateView(vm=target.name, previous=previous, path="already",
+                                    seconds=round(time.monotonic() - started, 3))
+            with self.entering(target, progress) as entry:
+                assert isinstance(entry, _Handover)
+                laps.lap("pause")
+                path = self._bring_up(target, entry, laps, progress)
+                entry.detail = path
             laps.lap("ledger")
-            result = ActivateResult(target.name, previous, path,
-                                    round(time.monotonic() - started, 3), swap.seq, laps.times)
-        if settle_in_background:
-            spawn_settle_worker()
-        else:
-            self.settle(progress)
-        return result
+            return ActivateView(vm=target.name, previous=previous, path=path,
+                                seconds=round(time.monotonic() - started, 3), seq=entry.seq,
+                                timings=laps.times)
 
     def _leaving(self, target: VMRecord) -> list[VMRecord]:
         """Running VMs that step back when ``target`` comes forward (they get paused)."""
         running = [r for r in self.store.list_vms()
-                   if r.name != target.name and self.svc.hv.is_running(r.domain_name)]
+                   if r.name != target.name and self.hv.is_running(r.domain_name)]
         if self.settings.policy is SwapPolicy.SINGLE_ACTIVE:
             return [r for r in running if not self._overlay_allowed(r, target)]
         previous = self.store.foreground()
@@ -172,18 +166,21 @@ class SwapEngine:
         """The artifacts VM may keep running beside the foreground when the budget allows."""
         if not self.settings.artifacts_overlay or record.subsystem is not Subsystem.ARTIFACTS:
             return False
-        return self._budget().fits(0 if self.svc.hv.is_active(target.domain_name)
-                                   else projected_mib(target, self.settings))
+        return self._budget().fits(self._need(target))
 
     def _budget(self) -> BudgetView:
-        return measure(self.svc.hv, self.store.list_vms(), self.settings)
+        return self.lifecycle.budget()
+
+    def _need(self, target: VMRecord, budget: BudgetView | None = None) -> int:
+        """What ``target`` may still add to the budget once it runs."""
+        budget = budget or self._budget()
+        return max(0, projected_mib(target, self.settings)
+                   - budget.resident_mib.get(target.name, 0))
 
     def _make_room(self, target: VMRecord, progress: Progress | None) -> None:
         """Save least recently used resident VMs until the target fits the budget."""
-        need = 0 if self.svc.hv.is_active(target.domain_name) else projected_mib(
-            target, self.settings)
         budget = self._budget()
-        while not budget.fits(need):
+        while not budget.fits(self._need(target, budget)):
             candidates = sorted(
                 (r for r in self.store.list_vms()
                  if r.name != target.name and r.name in budget.resident_mib),
@@ -191,8 +188,8 @@ class SwapEngine:
             )
             if not candidates:
                 raise InsufficientResources(
-                    f"'{target.name}' needs {need} MiB but the budget is "
-                    f"{budget.limit_mib} MiB (SOMNUS_MEMORY_BUDGET_MIB)"
+                    f"'{target.name}' needs {self._need(target, budget)} MiB but the budget "
+                    f"is {budget.limit_mib} MiB (SOMNUS_MEMORY_BUDGET_MIB)"
                 )
             victim = candidates[0]
             if progress:
@@ -200,123 +197,82 @@ class SwapEngine:
             self.demote(victim, VMState.SAVED)
             budget = self._budget()
 
-    def _bring_up(self, target: VMRecord, seq: int, laps: Laps,
+    def _bring_up(self, target: VMRecord, entry: Entry, laps: Laps,
                   progress: Progress | None) -> str:
-        hv, dom = self.svc.hv, target.domain_name
-        live = hv.state(dom)
+        live = self.hv.state(target.domain_name)
         if live is VMState.RUNNING:
             path = "already-running"
         elif live is VMState.PAUSED:
-            hv.resume(dom)
+            self.lifecycle.resume(target, "activate")
             path = "resumed"
         elif live is VMState.SAVED:
-            self.store.set_state(target.name, VMState.RESTORING, reason="activate")
-            try:
-                hv.start(dom)
-                path = "restored"
-            except HypervisorUnavailable as exc:
-                # A save file from a corrupt write or another QEMU/machine type: the disk
-                # is intact, so boot it cold rather than lose the VM.
-                if progress:
-                    progress(f"warning: restore of '{target.name}' failed ({exc}); cold boot")
-                hv.remove_managed_save(dom)
-                hv.start(dom)
-                path = "cold-boot-after-bad-save"
+            path = self.lifecycle.restore(target, "activate", progress)
         else:
-            hv.start(dom)
+            self.lifecycle.boot(target, "activate: cold boot")
             path = "cold-boot"
-        self.store.swap_phase(seq, SwapPhase.TO_STARTED)
+        entry.started()
         laps.lap("start")
-        _fault_point("to_started")
         if path.startswith("cold-boot"):
-            laps.times.update(self.svc.wait_ready(target.name, progress))
+            laps.times.update(self.vms.wait_ready(target, progress))
         else:
             self._wait_agent(target, timeout_s=60)
             laps.lap("agent")
-            self.store.set_state(target.name, VMState.RUNNING, reason=f"activate: {path}")
+            self.lifecycle.mark_ready(target, f"activate: {path}")
             self._sync_clock(target)
             laps.lap("clock")
         return path
 
     def _wait_agent(self, record: VMRecord, timeout_s: float) -> float:
-        agent = self.svc.agent(record)
-
-        def answers() -> bool:
-            try:
-                return agent.health(timeout_s=2).vm_name == record.name
-            except GuestError:
-                return False
-
         return wait_ready(
-            record.name, [Stage("agent", timeout_s, answers)],
-            alive=lambda: self.svc.hv.is_running(record.domain_name),
-            log_path=str(self.svc.paths(record.name).serial_log), poll_s=0.05,
+            record.name,
+            [Stage("agent", timeout_s, lambda: self.vms.agent_answers(record, timeout_s=2))],
+            alive=lambda: self.hv.is_running(record.domain_name),
+            log_path=str(self.vms.paths(record.name).serial_log), poll_s=0.05,
         )["agent"]
 
     def _sync_clock(self, record: VMRecord) -> None:
         """A restored guest's clock stands where it was saved: set it to the host's."""
         with suppress(GuestError):  # best effort: a wrong clock must not fail the swap
-            self.svc.agent(record).sync_clock()
+            self.vms.agent(record).sync_clock()
 
     def _pause(self, record: VMRecord) -> None:
         self._flush(record)
-        self.svc.hv.pause(record.domain_name)
-        self.store.set_state(record.name, VMState.PAUSED, reason="left the foreground")
+        self.lifecycle.pause(record, "left the foreground")
         self.store.touch(record.name)
 
     def _flush(self, record: VMRecord) -> None:
         """Ask the agent to write memory and state out before the VM leaves RAM."""
-        if self.svc.hv.is_running(record.domain_name):
+        if self.hv.is_running(record.domain_name):
             # An agent that cannot flush must not block the swap: its SQLite is on disk.
             with suppress(GuestError):
-                self.svc.agent(record).flush()
+                self.vms.agent(record).flush()
 
     # -- tiers ----------------------------------------------------------------------------
 
     def demote(self, record: VMRecord, tier: VMState) -> None:
         """Move a non-foreground VM to ``tier``: PAUSED, SAVED or STOPPED."""
-        hv, dom = self.svc.hv, record.domain_name
-        live = hv.state(dom)
+        live = self.hv.state(record.domain_name)
         if live is tier or live in (VMState.STOPPED, VMState.SAVED, VMState.ERROR):
             return
-        self._flush(record)
         if tier is VMState.PAUSED:
             self._pause(record)
-        elif tier is VMState.SAVED:
-            self._require_save_space(record)
-            self.store.set_state(record.name, VMState.SAVING, reason="demote")
-            try:
-                hv.managed_save(dom)
-            except HypervisorUnavailable:
-                # libvirt leaves the domain as it was: record what it really is.
-                self.store.set_state(record.name, hv.state(dom), reason="save failed")
-                raise
-            self.store.set_state(record.name, VMState.SAVED, reason="demoted: saved")
+            return
+        self._flush(record)
+        if tier is VMState.SAVED:
+            self.lifecycle.save(record, "demoted: saved")
         else:
-            hv.stop(dom, timeout_s=30)
-            self.store.set_state(record.name, VMState.STOPPED, reason="demoted: stopped")
-
-    def _require_save_space(self, record: VMRecord) -> None:
-        folder = self.svc.hv.managed_save_path(record.domain_name).parent
-        probe = folder if folder.exists() else self.settings.home
-        free_mib = shutil.disk_usage(probe).free // (1024 * 1024)
-        need_mib = record.memory_mib + 64
-        if free_mib < need_mib:
-            raise InsufficientResources(
-                f"cannot save '{record.name}': {free_mib} MiB free in {probe}, "
-                f"up to {need_mib} MiB needed; the VM stays as it is"
-            )
+            self.lifecycle.stop(record, "demoted: stopped", timeout_s=30)
 
     def settle(self, progress: Progress | None = None) -> list[str]:
         """Put every background VM in the tier the policy wants; return what changed."""
         changes: list[str] = []
-        with self.svc.locked():
+        with self.vms.changing():
             foreground = self.store.foreground()
             for record in sorted(self.store.list_vms(), key=lambda r: r.last_active_at):
-                if record.name == foreground or not self.svc.hv.is_active(record.domain_name):
+                if record.name == foreground or not self.hv.is_active(record.domain_name):
                     continue
                 tier = self._wanted_tier(record, foreground)
-                if tier is None or self.svc.hv.state(record.domain_name) is tier:
+                if tier is None or self.hv.state(record.domain_name) is tier:
                     continue
                 if progress:
                     progress(f"settle: '{record.name}' -> {tier.value}")
@@ -335,93 +291,62 @@ class SwapEngine:
     # -- recovery -------------------------------------------------------------------------
 
     def recover(self, progress: Progress | None = None) -> list[str]:
-        """Finish or roll back swaps a killed orchestrator left open."""
-        notes: list[str] = []
-        with self.svc.locked():
+        """Reconcile, then finish or roll back swaps a killed orchestrator left open."""
+        with self.vms.lock():
+            notes = self.vms.reconcile()
             for swap in self.store.open_swaps():
                 assert swap.seq is not None
                 target = self.store.find_vm(swap.to_vm)
-                if target is not None and self.svc.hv.is_running(target.domain_name):
+                if target is not None and self.hv.is_running(target.domain_name):
                     try:
                         self._wait_agent(target, timeout_s=self.settings.timeout_agent_s)
                     except GuestError as exc:
                         self._roll_back(swap.seq, swap.from_vm, swap.to_vm, str(exc))
                         notes.append(f"swap {swap.seq}: rolled back ({exc})")
                         continue
-                    self.store.set_state(target.name, VMState.RUNNING, reason="recovered swap")
+                    self.lifecycle.mark_ready(target, "recovered swap")
                     self.store.close_swap(swap.seq, SwapOutcome.DONE, "finished by recovery")
                     notes.append(f"swap {swap.seq}: finished ({swap.to_vm} is foreground)")
                 else:
                     self._roll_back(swap.seq, swap.from_vm, swap.to_vm, "interrupted")
                     notes.append(f"swap {swap.seq}: rolled back")
             notes.extend(self._restart_crashed_foreground())
-        if notes and progress:
-            for note in notes:
+        for note in notes:
+            log.info("recover: %s", note)
+            if progress:
                 progress(note)
         return notes
 
     def _restart_crashed_foreground(self) -> list[str]:
         """Policy: a foreground VM whose QEMU process died is booted again (its disk is intact)."""
-        self.svc.reconcile()
         name = self.store.foreground()
         record = self.store.find_vm(name) if name else None
         if (record is None or not self.settings.restart_crashed
                 or record.state is not VMState.ERROR
-                or not self.svc.hv.exists(record.domain_name)
-                or self.svc.hv.state(record.domain_name) is not VMState.STOPPED):
+                or self.lifecycle.domain_state(record) is not VMState.STOPPED):
             return []
-        self.svc.hv.start(record.domain_name)
-        self.store.set_state(record.name, VMState.RUNNING, reason="restarted after crash")
+        try:
+            self.lifecycle.boot(record, "restarted after crash")
+        except InsufficientResources as exc:
+            return [f"{record.name}: QEMU had died; not restarted: {exc}"]
         return [f"{record.name}: QEMU had died; restarted (cold boot)"]
 
     def _roll_back(self, seq: int, previous: str | None, target: str, why: str) -> None:
         """Undo a failed swap: the target leaves RAM, the previous VM comes back."""
-        hv = self.svc.hv
-        target_record = self.store.find_vm(target)
-        if target_record is not None and hv.is_active(target_record.domain_name):
-            if hv.state(target_record.domain_name) is VMState.PAUSED:
-                hv.resume(target_record.domain_name)
-            self.demote(target_record, VMState.SAVED)
-        prev = self.store.find_vm(previous) if previous else None
-        if prev is not None and hv.exists(prev.domain_name):
-            state = hv.state(prev.domain_name)
-            if state is VMState.PAUSED:
-                hv.resume(prev.domain_name)
-            elif state in (VMState.SAVED, VMState.STOPPED):
-                hv.start(prev.domain_name)
-            self.store.set_state(prev.name, VMState.RUNNING, reason="swap rolled back")
-        self.store.close_swap(seq, SwapOutcome.ROLLED_BACK, why[:500])
-
-    # -- status ---------------------------------------------------------------------------
-
-    def status(self) -> StatusView:
-        with self.svc.locked(wait=False) as idle:
-            if idle:  # a swap in flight is not a crashed one: recover only when none runs
-                self.recover()
-                self.svc.reconcile()
-        foreground = self.store.foreground()
-        records = self.store.list_vms()
-        budget = self._budget()
-        fg = self.store.find_vm(foreground) if foreground else None
-        rows = []
-        for r in records:
-            if r.name == foreground:
-                tier = "foreground"
-            elif r.state is VMState.RUNNING:
-                overlay = fg is not None and r.subsystem is Subsystem.ARTIFACTS
-                tier = "overlay" if overlay else "background"
+        log.warning("swap %s to '%s' rolled back: %s", seq, target, why)
+        moving = self.store.find_vm(target)
+        if moving is not None and self.hv.is_active(moving.domain_name):
+            if moving.state in (VMState.CREATING, VMState.ERROR):
+                self.lifecycle.power_off(moving, "swap rolled back")
             else:
-                tier = r.state.value
-            rows.append(VMStatus(r.name, r.subsystem.value, r.state.value, tier, r.memory_mib,
-                                 budget.resident_mib.get(r.name, 0)))
-        return StatusView(self.settings.policy.value, foreground, budget.limit_mib,
-                          budget.used_mib, rows)
-
-
-def spawn_settle_worker() -> None:
-    """Finish demotions in a detached process, so the command returns right away."""
-    subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.settle"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env=os.environ.copy(),
-    )
+                self.demote(moving, VMState.SAVED)
+        prev = self.store.find_vm(previous) if previous else None
+        if prev is not None and self.hv.exists(prev.domain_name):
+            state = self.hv.state(prev.domain_name)
+            if state is VMState.PAUSED:
+                self.lifecycle.resume(prev, "swap rolled back")
+            elif state is VMState.SAVED:
+                self.lifecycle.restore(prev, "swap rolled back")
+            elif state is VMState.STOPPED:
+                self.lifecycle.boot(prev, "swap rolled back")
+        self.store.close_swap(seq, SwapOutcome.ROLLED_BACK, why[:500])

@@ -1,12 +1,15 @@
-"""The VM service: create, start, stop, delete and inspect Somnus VMs.
+"""The VM service: create, start, stop, delete, snapshot and inspect Somnus VMs.
 
-The CLI and the REST API both call this layer; it is the only place that
-combines the store, libvirt, the seed, SSH and the agent.
+The CLI and the REST API both call this layer. State changes go through
+:class:`~orchestrator.lifecycle.Lifecycle`; a VM entering RAM goes through the
+foreground policy (``seams.Foreground``, the swap engine), so creating, starting or
+reverting a VM under ``single-active`` moves the previous one out as ``activate``
+does. Reads (``list_vms``, ``info``) compute and write nothing; every mutating verb
+first lets ``prepare`` (recovery and reconcile) run under the home's lock.
 """
 
 from __future__ import annotations
 
-import fcntl
 import re
 import shutil
 import time
@@ -16,17 +19,28 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.config import Settings
+from core.errors import (
+    AlreadyExists,
+    Conflict,
+    GuestError,
+    InvalidInput,
+    NotFound,
+    ReadinessTimeout,
+)
+from core.types import Progress
 from guest_agent.protocol import AgentConfig, InfoResponse, Subsystem
 from images.catalog import ImageManifest, get_image
 from orchestrator import accel, credentials, disks, seed
 from orchestrator.agent_client import AgentClient
-from orchestrator.config import Settings
-from orchestrator.domain_xml import DomainSpec, build_domain_xml
-from orchestrator.errors import AlreadyExists, Conflict, GuestError, InvalidInput, NotFound
+from orchestrator.domain_xml import DomainSpec, build_domain_xml, somnus_owner
 from orchestrator.hypervisor import Hypervisor, SnapshotInfo
+from orchestrator.lifecycle import Lifecycle, Observed, live_state
+from orchestrator.locking import HomeLock
 from orchestrator.models import StateTransition, VMRecord, VMState
 from orchestrator.ports import allocate_ports
 from orchestrator.readiness import Stage, cloud_init_result, wait_ready
+from orchestrator.seams import AgentFactory, FaultHook, Foreground, NoForeground, env_faults
 from orchestrator.ssh import (
     CommandResult,
     SSHTarget,
@@ -37,12 +51,7 @@ from orchestrator.ssh import (
 from orchestrator.ssh import run as ssh_run
 from orchestrator.store import Store
 
-# States the orchestrator leaves a VM in between commands; the others are mid-operation.
-SETTLED_STATES = frozenset(
-    {VMState.RUNNING, VMState.STOPPED, VMState.PAUSED, VMState.SAVED, VMState.ERROR}
-)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
-Progress = Callable[[str], None]
 
 
 def validate_name(name: str, what: str = "VM") -> None:
@@ -81,66 +90,73 @@ class VMPaths:
         return self.root / "agent-token"
 
 
+def vm_paths(settings: Settings, name: str) -> VMPaths:
+    return VMPaths(settings.vms_dir / name)
+
+
+class TokenAgents:
+    """The real agent factory: each VM's client with the token kept in its folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self, record: VMRecord) -> AgentClient:
+        token = vm_paths(self.settings, record.name).token.read_text().strip()
+        return AgentClient(record.agent_port, token, vm_name=record.name)
+
+
 @dataclass
 class VMInfo:
-    """A VM as the CLI and API show it."""
+    """A VM as it is now: its record, its live state, history and its agent's report."""
 
     record: VMRecord
+    observed: Observed
     paths: VMPaths
     history: list[StateTransition] = field(default_factory=list)
     agent: InfoResponse | None = None
 
 
-class VMService:
-    """Lifecycle of Somnus VMs on one libvirt connection."""
+@dataclass(frozen=True)
+class Orphan:
+    """A libvirt domain of this home's that no record owns."""
 
-    def __init__(self, settings: Settings, hypervisor: Hypervisor | None = None,
-                 store: Store | None = None) -> None:
-        self.settings = settings
-        settings.home.mkdir(parents=True, exist_ok=True)
-        # A long-lived caller (the API) shares one store and connection between instances.
-        self.store = store or Store(settings.db_path)
-        self._hypervisor = hypervisor
-        self._lock_depth = 0
+    domain_name: str
+    reason: str
+
+
+class VMService:
+    """Lifecycle of Somnus VMs on one host."""
+
+    def __init__(self, lifecycle: Lifecycle, agents: AgentFactory, lock: HomeLock,
+                 foreground: Foreground | None = None, faults: FaultHook = env_faults) -> None:
+        self.lifecycle = lifecycle
+        self.settings = lifecycle.settings
+        self.store: Store = lifecycle.store
+        self.agent = agents
+        self.lock = lock
+        self.foreground: Foreground = foreground or NoForeground()
+        self.faults = faults
+        # Recovery and reconcile, run once under the lock before a mutating verb (the
+        # composition root plugs in the swap engine's ``recover``).
+        self.prepare: Callable[[], list[str]] = self.reconcile
 
     # -- plumbing ---------------------------------------------------------------------------
 
     @property
     def hv(self) -> Hypervisor:
-        if self._hypervisor is None:
-            self._hypervisor = Hypervisor(self.settings.libvirt_uri)
-        return self._hypervisor
+        return self.lifecycle.hv
 
     @contextmanager
-    def locked(self, wait: bool = True) -> Iterator[bool]:
-        """One mutating operation at a time per Somnus home (ports, names, swaps).
-
-        Re-entrant within this object, so a swap can call create/reconcile while
-        holding it; other holders (processes, or other instances) wait. With
-        ``wait=False`` it yields False at once instead of waiting.
-        """
-        if self._lock_depth:
-            self._lock_depth += 1
-            try:
-                yield True
-            finally:
-                self._lock_depth -= 1
-            return
-        with open(self.settings.home / ".lock", "a+") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            self._lock_depth = 1
-            try:
-                yield True
-            finally:
-                self._lock_depth = 0
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def changing(self) -> Iterator[None]:
+        """Hold the home's lock for a change; the outermost change first runs ``prepare``."""
+        outermost = not self.lock.held
+        with self.lock():
+            if outermost:
+                self.prepare()
+            yield
 
     def paths(self, name: str) -> VMPaths:
-        return VMPaths(self.settings.vms_dir / name)
+        return vm_paths(self.settings, name)
 
     def domain_name(self, name: str) -> str:
         return f"{self.settings.domain_prefix}{name}"
@@ -154,15 +170,18 @@ class VMService:
             known_hosts=self.paths(record.name).known_hosts,
         )
 
-    def agent(self, record: VMRecord) -> AgentClient:
-        return AgentClient(record.agent_port, self.paths(record.name).token.read_text().strip())
+    def agent_answers(self, record: VMRecord, timeout_s: float = 3.0) -> bool:
+        """Whether the VM's own agent answers ``/health`` with its token (the one probe)."""
+        try:
+            return self.agent(record).health(timeout_s=timeout_s).vm_name == record.name
+        except GuestError:
+            return False
 
     # -- readiness --------------------------------------------------------------------------
 
     def _stages(self, record: VMRecord) -> list[Stage]:
         s = self.settings
         target = self.ssh_target(record)
-        agent = self.agent(record)
 
         def ssh_ok() -> bool:
             return try_run(target, "true", timeout_s=10) is not None
@@ -171,35 +190,28 @@ class VMService:
             result = try_run(target, "cat /run/cloud-init/result.json 2>/dev/null", 10)
             return result is not None and cloud_init_result(result.stdout)
 
-        def agent_ok() -> bool:
-            try:
-                return agent.health(timeout_s=3).vm_name == record.name
-            except GuestError:
-                return False
-
         return [
             Stage("domain running", s.timeout_domain_s,
                   lambda: self.hv.is_running(record.domain_name)),
             Stage("ssh", s.timeout_ssh_s, ssh_ok),
             Stage("cloud-init", s.timeout_cloud_init_s, cloud_init_done),
-            Stage("agent", s.timeout_agent_s, agent_ok),
+            Stage("agent", s.timeout_agent_s, lambda: self.agent_answers(record)),
         ]
 
-    def wait_ready(self, name: str, progress: Progress | None = None) -> dict[str, float]:
+    def wait_ready(self, record: VMRecord, progress: Progress | None = None) -> dict[str, float]:
         """Wait until the VM passes every readiness stage; mark it running."""
-        record = self.store.get_vm(name)
         try:
             timings = wait_ready(
-                name,
+                record.name,
                 self._stages(record),
                 alive=lambda: self.hv.is_running(record.domain_name),
-                log_path=str(self.paths(name).serial_log),
+                log_path=str(self.paths(record.name).serial_log),
                 progress=progress,
             )
-        except GuestError as exc:
-            self.store.set_state(name, VMState.ERROR, reason="not ready", error=str(exc))
+        except (GuestError, ReadinessTimeout) as exc:
+            self.lifecycle.mark_error(record, "not ready", str(exc))
             raise
-        self.store.set_state(name, VMState.RUNNING, reason="ready")
+        self.lifecycle.mark_ready(record)
         return timings
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -216,21 +228,17 @@ class VMService:
     ) -> tuple[VMRecord, dict[str, float]]:
         """Create and boot a VM; returns its record and the seconds each stage took.
 
-        Anything that fails before the domain boots is rolled back completely. A VM
-        that boots but does not become ready is kept in state 'error' so its serial
-        log can be read; 'somnus vm delete' removes it.
+        A VM that could never fit is refused before anything is made. Anything that
+        fails before the domain boots is rolled back completely; a create killed
+        midway is undone by the next command (``reconcile``). A VM that boots but
+        does not become ready is kept in state 'error' so its serial log can be read.
         """
-        validate_name(name)
         memory_mib = memory_mib or self.settings.default_memory_mib
         vcpus = vcpus or self.settings.default_vcpus
-        if memory_mib < 256:
-            raise InvalidInput(f"memory {memory_mib} MiB is too small: at least 256 MiB")
-        if vcpus < 1:
-            raise InvalidInput("vcpus must be at least 1")
+        self._check_resources(name, memory_mib, vcpus)
         timings: dict[str, float] = {}
         started = time.monotonic()
-        with self.locked():
-            domain_name = self.domain_name(name)
+        with self.changing():
             image = self.check_new(name, image_ref)
             disks.require_free_space(self.settings.home, self.settings.min_free_disk_mib)
             ssh_port, agent_port = allocate_ports(
@@ -239,48 +247,68 @@ class VMService:
             )
             acceleration = accel.detect(self.settings.accel)
             record = VMRecord(
-                name=name, domain_name=domain_name, subsystem=subsystem,
+                name=name, domain_name=self.domain_name(name), subsystem=subsystem,
                 memory_mib=memory_mib, vcpus=vcpus, accel=acceleration.mode.value,
                 image_hash=image.recipe_hash, vm_dir=str(self.paths(name).root),
                 ssh_port=ssh_port, agent_port=agent_port,
             )
             try:
-                self._provision(record, image, acceleration, progress)
+                record = self._provision(record, image, acceleration)
             except BaseException:
-                self._remove(record.name, record.domain_name)
+                self._remove(record)
                 raise
             timings["provision"] = round(time.monotonic() - started, 2)
-        if wait:
-            timings.update(self.wait_ready(name, progress))
-        else:
-            self.store.set_state(name, VMState.RUNNING, reason="started, not waited for")
+            self.faults("create_defined")
+            if progress:
+                progress(f"defined {record.domain_name} ({acceleration.mode.value}: "
+                         f"{acceleration.reason}); booting")
+            try:
+                with self.foreground.entering(record, progress) as entry:
+                    self.lifecycle.boot(record, "created")
+                    entry.started()
+                    if wait:
+                        timings.update(self.wait_ready(record, progress))
+                    else:
+                        self.lifecycle.mark_ready(record, "started, not waited for")
+            except BaseException:
+                if self.store.get_vm(name).state is VMState.CREATING:
+                    self._remove(record)  # never booted (refused, or interrupted): undo
+                raise
         return self.store.get_vm(name), timings
 
-    def check_new(self, name: str, image_ref: str | None = None) -> ImageManifest:
-        """Refuse a VM that cannot be created (bad or taken name, unknown image); cheap.
-
-        ``create`` repeats it under the lock; callers that start ``create`` in the
-        background call it first to fail at once.
-        """
+    def _check_resources(self, name: str, memory_mib: int, vcpus: int) -> None:
         validate_name(name)
+        if memory_mib < 256:
+            raise InvalidInput(f"memory {memory_mib} MiB is too small: at least 256 MiB")
+        if vcpus < 1:
+            raise InvalidInput("vcpus must be at least 1")
+        self.lifecycle.check_can_fit(name, memory_mib)
+
+    def check_new(self, name: str, image_ref: str | None = None,
+                  memory_mib: int | None = None, vcpus: int | None = None) -> ImageManifest:
+        """Refuse a VM that cannot be created (bad or taken name, unknown image, too big).
+
+        Cheap; ``create`` repeats it under the lock; callers that start ``create`` in
+        the background call it first to fail at once.
+        """
+        self._check_resources(name, memory_mib or self.settings.default_memory_mib,
+                              vcpus or self.settings.default_vcpus)
         if self.store.find_vm(name) is not None:
             raise AlreadyExists(f"a VM named '{name}' exists already")
         if self.hv.exists(self.domain_name(name)):
-            raise AlreadyExists(f"libvirt already has a domain '{self.domain_name(name)}'")
+            raise AlreadyExists(f"libvirt already has a domain '{self.domain_name(name)}' "
+                                "('somnus vm prune' removes domains no VM owns)")
         return get_image(self.settings, image_ref)
 
-    def _provision(
-        self,
-        record: VMRecord,
-        image: ImageManifest,
-        acceleration: accel.Acceleration,
-        progress: Progress | None,
-    ) -> None:
-        """Files, record and domain for a new VM, then boot it."""
+    def _provision(self, record: VMRecord, image: ImageManifest,
+                   acceleration: accel.Acceleration) -> VMRecord:
+        """Files, record and domain for a new VM (not booted yet)."""
         paths = self.paths(record.name)
-        # QEMU runs as libvirt's own user: it must traverse this folder.
-        paths.root.mkdir(parents=True, mode=0o755, exist_ok=False)
-        self.store.add_vm(record)
+        record = self.lifecycle.register(record)
+        # No record owned this name: whatever a create killed before its record left here
+        # is stale. QEMU runs as libvirt's own user: it must traverse this folder.
+        shutil.rmtree(paths.root, ignore_errors=True)
+        paths.root.mkdir(parents=True, mode=0o755)
         user_key = credentials.ensure_keypair(self.settings.keys_dir / "id_ed25519", "somnus")
         host_private, host_public = credentials.generate_keypair(f"host-{record.name}")
         token = credentials.new_token()
@@ -300,110 +328,127 @@ class VMService:
         )
         seed.write_seed_image(files, paths.seed)
         disks.create_overlay(image.disk, paths.overlay, self.settings.disk_size_gib)
-        self.hv.define(build_domain_xml(DomainSpec(
+        self.lifecycle.define(record, build_domain_xml(DomainSpec(
             name=record.domain_name, memory_mib=record.memory_mib, vcpus=record.vcpus,
             accel=acceleration, kernel=image.kernel, initrd=image.initrd,
             cmdline=image.kernel_cmdline, disk=paths.overlay, seed=paths.seed,
             serial_log=paths.serial_log, ssh_port=record.ssh_port,
             agent_port=record.agent_port, agent_guest_port=self.settings.agent_guest_port,
+            vm_name=record.name, owner_home=str(self.settings.home),
+            tb_cache_mib=self.settings.tb_cache_mib,
         )))
-        if progress:
-            progress(f"defined {record.domain_name} ({acceleration.mode.value}: "
-                     f"{acceleration.reason}); booting")
-        self.hv.start(record.domain_name)
+        return record
 
     def start(self, name: str, wait: bool = True,
               progress: Progress | None = None) -> dict[str, float]:
-        with self.locked():
+        """Boot a stopped VM (or restore a saved one) and make it the foreground."""
+        with self.changing():
             record = self.store.get_vm(name)
             self._require_domain(record)
-            if self.hv.is_running(record.domain_name):
-                raise Conflict(f"VM '{name}' is already running")
-            self.hv.start(record.domain_name)
-            if not wait:
-                self.store.set_state(name, VMState.RUNNING, reason="started, not waited for")
-        return self.wait_ready(name, progress) if wait else {}
+            if self.hv.is_active(record.domain_name):
+                raise Conflict(f"VM '{name}' is already running "
+                               f"(bring it forward: 'somnus activate {name}')")
+            with self.foreground.entering(record, progress) as entry:
+                if self.hv.state(record.domain_name) is VMState.SAVED:
+                    self.lifecycle.restore(record, "started", progress)
+                else:
+                    self.lifecycle.boot(record, "started")
+                entry.started()
+                return self.wait_ready(record, progress) if wait else {}
 
     def stop(self, name: str, force: bool = False) -> bool:
         """Shut the VM down (ACPI, then power off); True if the guest shut down cleanly."""
-        with self.locked():
+        with self.changing():
             record = self.store.get_vm(name)
             self._require_domain(record)
-            clean = self.hv.stop(record.domain_name, force=force)
-            self.store.set_state(name, VMState.STOPPED,
-                                 reason="stopped" if clean else "powered off")
-            return clean
+            return self.lifecycle.stop(record, "stopped", force=force)
 
     def delete(self, name: str) -> None:
         """Remove the domain, the VM's files and its record; nothing is left behind."""
-        with self.locked():
-            record = self.store.get_vm(name)
-            self._remove(record.name, record.domain_name)
+        with self.changing():
+            self._remove(self.store.get_vm(name))
 
-    def _remove(self, name: str, domain_name: str) -> None:
-        self.hv.undefine(domain_name)
-        shutil.rmtree(self.paths(name).root, ignore_errors=True)
-        self.store.delete_vm(name)
+    def _remove(self, record: VMRecord) -> None:
+        self.lifecycle.destroy(record, self.paths(record.name).root)
 
     def _require_domain(self, record: VMRecord) -> None:
         if not self.hv.exists(record.domain_name):
-            self.store.set_state(record.name, VMState.ERROR, reason="domain missing",
-                                 error="libvirt domain vanished")
             raise NotFound(
                 f"VM '{record.name}': libvirt domain '{record.domain_name}' is gone; "
                 f"'somnus vm delete {record.name}' cleans up"
             )
 
-    # -- inspection -------------------------------------------------------------------------
+    # -- reconcile --------------------------------------------------------------------------
 
-    def reconcile(self, wait: bool = True) -> list[str]:
+    def reconcile(self) -> list[str]:
         """Bring records in line with libvirt; return one line per change made.
 
-        A domain deleted behind our back is reported (state 'error'), never crashed
-        on; a VM whose QEMU process died while we thought it ran is marked 'error'.
-        With ``wait=False`` it does nothing while another operation holds the lock
-        (that operation is changing the records anyway).
+        Runs under the lock, so a record still 'creating' belongs to a create that was
+        killed midway: it is undone. A domain deleted behind our back is reported
+        (state 'error'); a VM whose QEMU died while it ran is marked 'error'.
         """
         changes: list[str] = []
-        with self.locked(wait) as held:
-            for record in self.store.list_vms() if held else []:
-                change = self._reconcile_one(record)
+        with self.lock():
+            for record in self.store.list_vms():
+                if record.state is VMState.CREATING:
+                    self._remove(record)
+                    changes.append(f"{record.name}: an interrupted create was undone")
+                    continue
+                if record.state is VMState.DELETED:
+                    self._remove(record)
+                    changes.append(f"{record.name}: an interrupted delete was finished")
+                    continue
+                change = self.lifecycle.reconcile_one(record)
                 if change:
                     changes.append(change)
         return changes
 
-    def _reconcile_one(self, record: VMRecord) -> str | None:
-        if not self.hv.exists(record.domain_name):
-            if record.state is VMState.ERROR:
-                return None
-            self.store.set_state(record.name, VMState.ERROR, reason="reconcile",
-                                 error="libvirt domain vanished")
-            return f"{record.name}: domain gone from libvirt -> error"
-        live = self.hv.state(record.domain_name)
-        if live is record.state or record.state not in SETTLED_STATES:
-            return None
-        if record.state is VMState.ERROR and live is VMState.STOPPED:
-            return None  # the error stands until the user starts or deletes the VM
-        if record.state is VMState.RUNNING and live is VMState.STOPPED:
-            self.store.set_state(record.name, VMState.ERROR, reason="QEMU process died",
-                                 error="QEMU exited while the VM was running")
-            return f"{record.name}: QEMU process died -> error"
-        self.store.set_state(record.name, live, reason="reconcile with libvirt")
-        return f"{record.name}: {record.state.value} -> {live.value}"
+    def orphans(self) -> list[Orphan]:
+        """Domains of this home (by Somnus's metadata, or by name prefix) no record owns."""
+        owned = {r.domain_name for r in self.store.list_vms()}
+        found = []
+        for domain in self.hv.domain_names():
+            if domain in owned:
+                continue
+            try:
+                mark = somnus_owner(self.hv.xml(domain))
+            except NotFound:
+                continue  # gone while we looked
+            if mark is not None and mark[1] == str(self.settings.home):
+                found.append(Orphan(domain, f"Somnus VM '{mark[0]}' of this home, no record"))
+            elif mark is None and domain.startswith(self.settings.domain_prefix):
+                found.append(Orphan(domain, f"named with this home's prefix "
+                                            f"'{self.settings.domain_prefix}', no record"))
+        return found
+
+    def prune(self, orphans: list[Orphan]) -> list[str]:
+        """Remove the given orphan domains (power off, undefine); returns their names."""
+        removed = []
+        with self.changing():
+            still = {o.domain_name for o in self.orphans()}
+            for orphan in orphans:
+                if orphan.domain_name in still:
+                    self.hv.undefine(orphan.domain_name)
+                    removed.append(orphan.domain_name)
+        return removed
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def observe(self, record: VMRecord) -> Observed:
+        """The VM's live state (pure)."""
+        return live_state(record, self.lifecycle.domain_state(record))
 
     def list_vms(self) -> list[VMRecord]:
-        self.reconcile(wait=False)  # a listing never waits for a long swap or boot
         return self.store.list_vms()
 
     def info(self, name: str, with_agent: bool = True) -> VMInfo:
-        self.reconcile(wait=False)
         record = self.store.get_vm(name)
-        info = VMInfo(record=record, paths=self.paths(name), history=self.store.history(name))
-        if with_agent and record.state is VMState.RUNNING:
-            try:
+        observed = self.observe(record)
+        info = VMInfo(record=record, observed=observed, paths=self.paths(name),
+                      history=self.store.history(name))
+        if with_agent and observed.state is VMState.RUNNING:
+            with suppress(GuestError):
                 info.agent = self.agent(record).info(timeout_s=5)
-            except GuestError:
-                info.agent = None
         return info
 
     def run(self, name: str, command: str, timeout_s: float = 120.0) -> CommandResult:
@@ -424,7 +469,7 @@ class VMService:
     def snapshot_create(self, name: str, snapshot: str, description: str = "") -> SnapshotInfo:
         """Snapshot the disk, and the memory when the VM runs (internal qcow2 snapshot)."""
         validate_name(snapshot, what="snapshot")
-        with self.locked():
+        with self.changing():
             record = self.store.get_vm(name)
             self._require_domain(record)
             if any(s.name == snapshot for s in self.hv.snapshot_list(record.domain_name)):
@@ -442,20 +487,30 @@ class VMService:
         return self.hv.snapshot_list(record.domain_name)
 
     def snapshot_revert(self, name: str, snapshot: str) -> VMState:
-        """Return the VM to the snapshot: disk, and memory if it was taken running."""
-        with self.locked():
+        """Return the VM to the snapshot: disk, and memory if it was taken running.
+
+        A snapshot with memory brings the VM into RAM: it is admitted and becomes the
+        foreground, like ``activate``.
+        """
+        with self.changing():
             record = self.store.get_vm(name)
             self._require_domain(record)
-            self.hv.snapshot_revert(record.domain_name, snapshot)
-            state = self.hv.state(record.domain_name)
-            self.store.set_state(name, state, reason=f"reverted to snapshot '{snapshot}'")
-            if state is VMState.RUNNING:
-                with suppress(GuestError):
-                    self.agent(record).sync_clock()
-            return state
+            snap = next((s for s in self.hv.snapshot_list(record.domain_name)
+                         if s.name == snapshot), None)
+            if snap is None:
+                raise NotFound(f"no snapshot '{snapshot}' of VM '{name}'")
+            if snap.state not in ("running", "paused"):
+                return self.lifecycle.revert(record, snapshot, running=False)
+            with self.foreground.entering(record) as entry:
+                state = self.lifecycle.revert(record, snapshot, running=True)
+                entry.started()
+                if state is VMState.RUNNING:
+                    with suppress(GuestError):
+                        self.agent(record).sync_clock()
+                return state
 
     def snapshot_delete(self, name: str, snapshot: str) -> None:
-        with self.locked():
+        with self.changing():
             record = self.store.get_vm(name)
             self._require_domain(record)
             self.hv.snapshot_delete(record.domain_name, snapshot)

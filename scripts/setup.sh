@@ -92,7 +92,7 @@ case "$ACTION" in
   test)
     step "lint"
     "$VENV/bin/ruff" check .
-    "$VENV/bin/mypy" orchestrator guest_agent images api bench
+    "$VENV/bin/mypy" core orchestrator guest_agent images api cli bench
     step "guest image (cached by recipe hash)"
     $SUDO "$VENV/bin/somnus" image build
     step "tests"

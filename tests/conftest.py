@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from core.config import Settings
 from images.catalog import ImageManifest, image_dir
-from orchestrator.config import Settings
+from orchestrator.host import Host
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.vms import VMService
+from tests.fakes import StandInAgents, agents_of, fake_host
 
 
 @pytest.fixture
@@ -63,10 +65,22 @@ def image(settings: Settings) -> ImageManifest:
 
 
 @pytest.fixture
-def service(settings: Settings, image: ImageManifest) -> Iterator[VMService]:
-    svc = VMService(settings, Hypervisor(settings.libvirt_uri))
-    yield svc
-    for name in svc.hv.domain_names(settings.domain_prefix):
-        svc.hv.undefine(name)
+def host(settings: Settings, image: ImageManifest) -> Iterator[Host]:
+    """The composition root over the test driver, with the fakes in every seam."""
+    built = fake_host(settings, Hypervisor(settings.libvirt_uri))
+    yield built
+    hv = built.hypervisor()
+    for name in hv.domain_names(settings.domain_prefix):
+        hv.undefine(name)
+    built.close()
 
 
+@pytest.fixture
+def service(host: Host) -> VMService:
+    return host.vms
+
+
+@pytest.fixture
+def agents(host: Host) -> StandInAgents:
+    """The stand-in agents of ``host`` (one per VM, made on first use)."""
+    return agents_of(host)

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import sse
-from api.app import ApiContext, Ctx
+from api.context import ApiContext, Ctx
 from api.models import ChatReply, ChatRequest, MemoryAdd, MemorySearch, RefPath
 from api.routes.common import PROTECTED
 from guest_agent.protocol import (
@@ -22,14 +22,13 @@ from guest_agent.protocol import (
     MemorySearchResponse,
     MemoryType,
 )
-from orchestrator.chat import ChatService
 
 router = APIRouter(tags=["chat"], **PROTECTED)
 NDJSON = "application/x-ndjson"
 
 
 def _chat(ctx: ApiContext, ref: str | None, body: ChatRequest) -> ChatReply | StreamingResponse:
-    chat = ChatService(ctx.service())
+    chat = ctx.host.chat
     if body.stream:
         chunks = sse.primed(chat.stream(ref, body.message, body.new, None, **body.sampling()))
 
@@ -58,7 +57,7 @@ def chat_vm(name: RefPath, body: ChatRequest, ctx: Ctx) -> ChatReply | Streaming
 @router.post("/vms/{name}/memory")
 def memory_add(name: RefPath, body: MemoryAdd, ctx: Ctx) -> MemoryAddResponse:
     """Store one memory (deduplicated by content)."""
-    return ChatService(ctx.service()).agent(name).memory_add(body)
+    return ctx.host.chat.agent(name).memory_add(body)
 
 
 @router.get("/vms/{name}/memory")
@@ -69,20 +68,20 @@ def memory_list(
     memory_type: MemoryType | None = None,
 ) -> MemoryListResponse:
     """A page of the VM's memories, newest first."""
-    return ChatService(ctx.service()).agent(name).memory_list(offset, limit, memory_type)
+    return ctx.host.chat.agent(name).memory_list(offset, limit, memory_type)
 
 
 @router.post("/vms/{name}/memory/search")
 def memory_search(name: RefPath, body: MemorySearch, ctx: Ctx) -> MemorySearchResponse:
     """Memories nearest in meaning to the query."""
-    return ChatService(ctx.service()).agent(name).memory_search(body)
+    return ctx.host.chat.agent(name).memory_search(body)
 
 
 @router.get("/vms/{name}/memory/export", response_class=Response, responses={
     200: {"content": {NDJSON: {"schema": {"type": "string"}}}, "description": "JSON lines"}})
 def memory_export(name: RefPath, ctx: Ctx) -> Response:
     """Every memory as JSON lines (what import takes)."""
-    return Response(ChatService(ctx.service()).agent(name).memory_export(), media_type=NDJSON)
+    return Response(ctx.host.chat.agent(name).memory_export(), media_type=NDJSON)
 
 
 @router.post("/vms/{name}/memory/import", openapi_extra={"requestBody": {
@@ -90,5 +89,5 @@ def memory_export(name: RefPath, ctx: Ctx) -> Response:
 async def memory_import(name: RefPath, request: Request, ctx: Ctx) -> MemoryImportResponse:
     """Import memories as exported (JSON lines); known ones are skipped."""
     text = (await request.body()).decode(errors="replace")
-    agent = await run_in_threadpool(ChatService(ctx.service()).agent, name)
+    agent = await run_in_threadpool(ctx.host.chat.agent, name)
     return await run_in_threadpool(agent.memory_import, text)

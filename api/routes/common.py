@@ -19,8 +19,8 @@ _ERRORS = {
     409: "exists already, or conflicts with the VM's state or a running operation",
     413: "request body too large",
     422: "invalid input",
-    502: "the guest's agent or SSH failed",
-    503: "libvirt or QEMU unavailable",
+    502: "the guest's agent or SSH failed or does not answer",
+    503: "libvirt/QEMU unavailable, or the VM's agent is busy (Retry-After)",
     504: "a VM did not become ready in time",
     507: "not enough disk, memory budget or ports",
 }

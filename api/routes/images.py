@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from api.app import Ctx
+from api.context import Ctx
 from api.models import ImageBuild
 from api.operations import OperationView, Progress
 from api.routes.common import PROTECTED, accepted

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Path
 from fastapi.responses import StreamingResponse
 
 from api import sse
-from api.app import Ctx
+from api.context import Ctx
 from api.operations import OperationView
 from api.routes.common import PROTECTED
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from api.app import Ctx
+from api.context import Ctx
 from api.models import (
     GcResult,
     ProjectCreate,
@@ -25,7 +25,7 @@ from api.models import (
 )
 from api.operations import OperationView, Progress
 from api.routes.common import PROTECTED, accepted
-from orchestrator.hypervisor import SnapshotInfo
+from orchestrator.views import SnapshotView
 
 router = APIRouter(prefix="/projects", tags=["projects"], **PROTECTED)
 # Bodies that may be left out (never mutated).
@@ -36,17 +36,17 @@ NO_GC_OPTIONS = ProjectGc()
 @router.get("")
 def list_projects(ctx: Ctx) -> list[ProjectSummary]:
     """Every project with its VM's state, source and count of AI commits."""
-    return [ProjectSummary.of(v) for v in ctx.projects().list_projects()]
+    return [ProjectSummary.of(v) for v in ctx.host.projects().list_projects()]
 
 
 @router.post("", status_code=202)
 def create_project(body: ProjectCreate, ctx: Ctx, response: Response) -> OperationView:
     """Create a project VM, empty or with a clone of ``repo`` (an operation); a taken
     name fails at once."""
-    ctx.projects().check_new(body.name)
+    ctx.host.projects().check_new(body.name)
 
     def work(progress: Progress) -> dict[str, Any]:
-        result = ctx.projects().create(body.name, body.repo, body.memory_mib, progress)
+        result = ctx.host.projects().create(body.name, body.repo, body.memory_mib, progress)
         return {**result.project.model_dump(mode="json"), "head": result.head,
                 "files": result.files, "memory": asdict(result.memory)}
 
@@ -56,23 +56,23 @@ def create_project(body: ProjectCreate, ctx: Ctx, response: Response) -> Operati
 @router.post("/gc")
 def gc_projects(ctx: Ctx, body: ProjectGc = NO_GC_OPTIONS) -> GcResult:
     """Clean up after stale projects: records without a VM, temp bundles, old archives."""
-    return GcResult.of(ctx.projects().gc(body.dry_run, body.older_than_days), body.dry_run)
+    return GcResult.of(ctx.host.projects().gc(body.dry_run, body.older_than_days), body.dry_run)
 
 
 @router.get("/{name}")
 def project_info(name: ProjectPath, ctx: Ctx) -> ProjectDetail:
     """One project: its record, VM, snapshots and the commits Somnus made."""
-    return ProjectDetail.of_info(ctx.projects().info(name))
+    return ProjectDetail.of_info(ctx.host.projects().info(name))
 
 
 @router.post("/{name}/undo", status_code=202)
 def undo_project(name: ProjectPath, ctx: Ctx, response: Response) -> OperationView:
     """Revert the last AI commit as a new commit (an operation: the VM may need
     activating); the model is told in the next chat turn."""
-    ctx.projects().get(name)  # an unknown project is a 404 now, not a failed operation
+    ctx.host.projects().get(name)  # an unknown project is a 404 now, not a failed operation
 
     def work(progress: Progress) -> dict[str, Any]:
-        result = ctx.projects().undo(name, progress)
+        result = ctx.host.projects().undo(name, progress)
         return {"project": name, "undone": asdict(result.undone), "commit": result.commit,
                 "memory": asdict(result.memory)}
 
@@ -80,27 +80,28 @@ def undo_project(name: ProjectPath, ctx: Ctx, response: Response) -> OperationVi
 
 
 @router.post("/{name}/snapshots", status_code=201)
-def snapshot_project(name: ProjectPath, body: SnapshotCreate, ctx: Ctx) -> SnapshotInfo:
+def snapshot_project(name: ProjectPath, body: SnapshotCreate, ctx: Ctx) -> SnapshotView:
     """Snapshot the project VM (disk, and memory when it runs)."""
     with ctx.ops.claimed("project snapshot", name):
-        return ctx.projects().snapshot(name, body.name, body.description)
+        return SnapshotView.model_validate(
+            ctx.host.projects().snapshot(name, body.name, body.description))
 
 
 @router.post("/{name}/snapshots/{snapshot}/rollback")
 def rollback_project(name: ProjectPath, snapshot: SnapshotPath, ctx: Ctx) -> RevertResult:
     """Return the project VM, repository included, to a snapshot."""
     with ctx.ops.claimed("project rollback", name):
-        state = ctx.projects().rollback(name, snapshot)
+        state = ctx.host.projects().rollback(name, snapshot)
     return RevertResult(name=name, snapshot=snapshot, state=state)
 
 
 @router.post("/{name}/archive", status_code=202)
 def archive_project(name: ProjectPath, ctx: Ctx, response: Response) -> OperationView:
     """Stop the VM and compact its disk (an operation); 'restore' brings it back."""
-    ctx.projects().get(name)
+    ctx.host.projects().get(name)
 
     def work(_: Progress) -> dict[str, Any]:
-        return asdict(ctx.projects().archive(name))
+        return asdict(ctx.host.projects().archive(name))
 
     return accepted(ctx.ops.start("project archive", name, work), response)
 
@@ -110,10 +111,10 @@ def restore_project(name: ProjectPath, ctx: Ctx, response: Response,
                     body: ProjectRestore = NO_RESTORE_OPTIONS) -> OperationView:
     """Bring an archived project back, and boot its VM unless ``start`` is false (an
     operation)."""
-    ctx.projects().get(name)
+    ctx.host.projects().get(name)
 
     def work(progress: Progress) -> dict[str, Any]:
-        ctx.projects().restore(name, body.start, progress)
+        ctx.host.projects().restore(name, body.start, progress)
         return {"project": name, "started": body.start}
 
     return accepted(ctx.ops.start("project restore", name, work), response)
@@ -123,4 +124,4 @@ def restore_project(name: ProjectPath, ctx: Ctx, response: Response,
 def delete_project(name: ProjectPath, ctx: Ctx) -> None:
     """Delete a project: its VM (disk, snapshots, memory) and its records."""
     with ctx.ops.claimed("project delete", name):
-        ctx.projects().delete(name)
+        ctx.host.projects().delete(name)

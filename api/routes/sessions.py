@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from api.app import Ctx
+from api.context import Ctx
 from api.models import (
     BlockDiff,
     BlockPath,
@@ -46,34 +46,34 @@ def list_sessions(ctx: Ctx, status: DevSessionStatus | None = None,
                   user: Annotated[str | None, Query(max_length=200)] = None
                   ) -> list[DevSessionHeader]:
     """Dev sessions without their logs, newest first; optionally one status or user's."""
-    return ctx.sessions().list_sessions(user, status)
+    return ctx.host.sessions().list_sessions(user, status)
 
 
 @router.post("", status_code=201)
 def create_session(body: SessionCreate, ctx: Ctx) -> DevSessionHeader:
     """Start a dev session."""
-    return ctx.sessions().create_session(body.user_id, title=body.title,
+    return ctx.host.sessions().create_session(body.user_id, title=body.title,
                                          chat_session_id=body.chat_session_id)
 
 
 @router.get("/{session}")
 def show_session(session: SessionPath, ctx: Ctx) -> SessionDetail:
     """A session: its fields, summary and code blocks (latest versions, with their paths)."""
-    m = ctx.sessions()
+    m = ctx.host.sessions()
     return SessionDetail.of(m.get_session(m.resolve_session_id(session)))
 
 
 @router.get("/{session}/events")
 def session_events(session: SessionPath, ctx: Ctx) -> list[DevSessionEvent]:
     """The session's event log, oldest first (code events carry their diff)."""
-    m = ctx.sessions()
+    m = ctx.host.sessions()
     return m.get_session(m.resolve_session_id(session)).event_log
 
 
 @router.post("/{session}/turns", status_code=201)
 def record_turn(session: SessionPath, body: TurnCreate, ctx: Ctx) -> TurnResult:
     """Record one chat turn; the answer's code fences become blocks or new versions."""
-    m = ctx.sessions()
+    m = ctx.host.sessions()
     sid = m.resolve_session_id(session)
     target = m.resolve_block_id(sid, body.target) if body.target else None
     return m.record_turn(sid, body.prompt, body.answer, target_block_id=target)
@@ -83,7 +83,7 @@ def record_turn(session: SessionPath, body: TurnCreate, ctx: Ctx) -> TurnResult:
 def get_block(session: SessionPath, block: BlockPath, ctx: Ctx,
               version: VersionQuery = None) -> CodeBlock:
     """A code block at one version (default: the latest)."""
-    m = ctx.sessions()
+    m = ctx.host.sessions()
     sid = m.resolve_session_id(session)
     return m.get_code_block(sid, m.resolve_block_id(sid, block), version)
 
@@ -93,7 +93,7 @@ def diff_block(session: SessionPath, block: BlockPath, ctx: Ctx,
                from_version: Annotated[DiffVersion, Query(alias="from")] = None,
                to_version: Annotated[DiffVersion, Query(alias="to")] = None) -> BlockDiff:
     """The unified diff between two versions (default: the previous and the latest)."""
-    m = ctx.sessions()
+    m = ctx.host.sessions()
     sid = m.resolve_session_id(session)
     block_id = m.resolve_block_id(sid, block)
     return BlockDiff(block_id=block_id,
@@ -104,7 +104,7 @@ def diff_block(session: SessionPath, block: BlockPath, ctx: Ctx,
 def rollback_block(session: SessionPath, block: BlockPath, body: BlockRollback,
                    ctx: Ctx) -> BlockChange:
     """Restore an earlier version's content as the next version (nothing is deleted)."""
-    m = ctx.sessions()
+    m = ctx.host.sessions()
     sid = m.resolve_session_id(session)
     return m.rollback_code_block(sid, m.resolve_block_id(sid, block), body.to)
 
@@ -112,7 +112,7 @@ def rollback_block(session: SessionPath, block: BlockPath, body: BlockRollback,
 @router.post("/{session}/status")
 def set_status(session: SessionPath, body: SessionStatusChange, ctx: Ctx) -> DevSessionHeader:
     """Pause, resume, complete or archive the session (409 if its status does not allow it)."""
-    m = ctx.sessions()
+    m = ctx.host.sessions()
     return m.set_status(m.resolve_session_id(session), body.status)
 
 
@@ -121,10 +121,10 @@ def promote_session(session: SessionPath, body: SessionPromote, ctx: Ctx,
                     response: Response) -> OperationView:
     """Promote the session into a project VM (an operation; the project is created if
     missing): one git commit per code change, the session moved into its memory."""
-    sid = ctx.sessions().resolve_session_id(session)  # an unknown session is a 404 now
+    sid = ctx.host.sessions().resolve_session_id(session)  # an unknown session is a 404 now
 
     def work(progress: Progress) -> dict[str, Any]:
-        result = ctx.projects().promote(sid, body.project, body.memory_mib, progress)
+        result = ctx.host.projects().promote(sid, body.project, body.memory_mib, progress)
         return {"project": result.project, "session": str(sid), "created": result.created,
                 "commits": result.commits, "memory": asdict(result.memory)}
 

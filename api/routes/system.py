@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.app import VERSION, Ctx
+from api.context import VERSION, Ctx
 from api.models import Health
 from api.routes.common import PROTECTED
-from orchestrator.swap import StatusView, SwapEngine
+from orchestrator import views
+from orchestrator.views import StatusView
 
 public = APIRouter(tags=["system"])
 router = APIRouter(tags=["system"], **PROTECTED)
@@ -21,5 +22,7 @@ def health() -> Health:
 
 @router.get("/status")
 def status(ctx: Ctx) -> StatusView:
-    """The foreground VM, every VM's state and tier, and memory used against the budget."""
-    return SwapEngine(ctx.service()).status()
+    """The foreground VM, every VM's state and tier, and memory used against the budget.
+
+    Computed, never written: an open swap stays open until a mutating request."""
+    return views.status_view(ctx.host.vms, ctx.states)

@@ -1,5 +1,8 @@
 """SQLite source of truth for memories (with their embeddings) and small agent state.
 
+The schema is made and kept current by ordered migrations, recorded in the
+database's ``PRAGMA user_version`` and applied when the store opens.
+
 Every mutation that changes which vectors exist bumps ``generation``; the
 FAISS index records the generation it was built from, so a stale or foreign
 index file is detected and rebuilt from here.
@@ -11,7 +14,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +28,11 @@ from guest_agent.protocol import (
     MemoryType,
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS memories (
+# Migrations are history: one that has shipped is never edited; a schema change is a
+# new function appended to MIGRATIONS. The database's ``PRAGMA user_version`` is the
+# number of migrations applied (0: none, or a database made before migrations).
+_M001 = (
+    """CREATE TABLE IF NOT EXISTS memories (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     memory_id TEXT NOT NULL UNIQUE,
     memory_type TEXT NOT NULL,
@@ -43,12 +49,70 @@ CREATE TABLE IF NOT EXISTS memories (
     expires_at REAL,
     embedding BLOB,
     embedding_model TEXT
-);
-CREATE INDEX IF NOT EXISTS memories_conversation ON memories (conversation_id, seq);
-CREATE INDEX IF NOT EXISTS memories_expiry ON memories (expires_at);
-CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-INSERT OR IGNORE INTO kv (key, value) VALUES ('generation', '0');
-"""
+)""",
+    "CREATE INDEX IF NOT EXISTS memories_conversation ON memories (conversation_id, seq)",
+    "CREATE INDEX IF NOT EXISTS memories_expiry ON memories (expires_at)",
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO kv (key, value) VALUES ('generation', '0')",
+)
+
+
+def m001_initial(db: sqlite3.Connection) -> None:
+    """Memories with their embeddings, and the key/value state (``generation`` at 0)."""
+    for statement in _M001:
+        db.execute(statement)
+
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: tuple[Migration, ...] = (m001_initial,)
+
+
+class MemorySchemaTooNew(RuntimeError):
+    """The memory database was migrated by a newer guest agent than this one."""
+
+
+def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> list[str]:
+    """Apply the migrations past the database's ``user_version``; returns their names.
+
+    ``db`` must be in autocommit mode (``isolation_level=None``): each migration runs
+    in its own explicit transaction with the version bump, so a failing one leaves
+    neither a half-changed schema nor a new version behind.
+    """
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(migrations):
+        raise MemorySchemaTooNew(
+            f"memory database is at schema {version}, newer than this agent's "
+            f"{len(migrations)}; update the guest agent (or its image)")
+    if version == 0 and _has_table(db, "memories"):
+        # Made before migrations: its tables are migration 1's, so only the mark is
+        # missing; the rows are left as they are.
+        _set_version(db, 1)
+        version = 1
+    applied: list[str] = []
+    for number, fn in enumerate(migrations[version:], start=version + 1):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fn(db)
+            _set_version(db, number)
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        applied.append(fn.__name__)
+    return applied
+
+
+def _set_version(db: sqlite3.Connection, version: int) -> None:
+    # PRAGMA takes no bound parameters; ``version`` is an int, never user text.
+    db.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return db.execute(query, (name,)).fetchone() is not None
+
+
 _COLUMNS = (
     "seq, memory_id, memory_type, importance, scope, content, content_hash, tags, metadata, "
     "conversation_id, created_at, last_accessed, access_count, expires_at"
@@ -117,7 +181,11 @@ class MemoryStore:
         # before the VM is saved so the main file alone is complete.
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        try:
+            migrate(self._db)
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:

@@ -13,9 +13,8 @@ from contextlib import contextmanager
 from typing import Any
 from uuid import UUID, uuid4
 
-from orchestrator.config import Settings
+from core.errors import Conflict, InvalidInput, NotFound
 from orchestrator.devsessions.cache import SessionCache
-from orchestrator.devsessions.config import DevSessionSettings
 from orchestrator.devsessions.diffs import unified_diff
 from orchestrator.devsessions.fences import Fence, parse_fences, render_fence
 from orchestrator.devsessions.languages import language_for_path, normalize_language, safe_path
@@ -38,7 +37,6 @@ from orchestrator.devsessions.models import DevSessionEventType as E
 from orchestrator.devsessions.plan import CommitStep, block_paths, commit_plan
 from orchestrator.devsessions.store import DevSessionStore, SessionWriter
 from orchestrator.devsessions.transitions import ENDED, transition_event
-from orchestrator.errors import Conflict, InvalidInput, NotFound
 
 S = DevSessionStatus
 EDITABLE = frozenset({S.ACTIVE})  # code changes need an active session
@@ -53,13 +51,6 @@ class DevSessionManager:
                  cache_idle_s: float = 1800.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
         self.cache = SessionCache(cache_max_sessions, cache_idle_s, clock)
-
-    @classmethod
-    def from_settings(cls, settings: Settings,
-                      options: DevSessionSettings | None = None) -> DevSessionManager:
-        options = options or DevSessionSettings()
-        return cls(DevSessionStore(settings.db_path), cache_max_sessions=options.cache_max_sessions,
-                   cache_idle_s=options.cache_idle_s)
 
     # ----- sessions -----
 

@@ -17,13 +17,12 @@ from uuid import UUID, uuid4
 from pydantic import AfterValidator, BaseModel, ConfigDict
 from sqlmodel import Field, SQLModel
 
+from core.types import utcnow
+
 MAX_EVENT_CONTENT = 50_000
 MAX_TITLE = 150
 DEFAULT_TITLE = "Untitled Dev Session"
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def as_utc(value: datetime) -> datetime:

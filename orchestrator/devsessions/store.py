@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
+from core.errors import Conflict, NotFound
 from orchestrator.devsessions.models import (
     BlockVersion,
     CodeBlock,
@@ -30,13 +30,11 @@ from orchestrator.devsessions.models import (
     utcnow,
 )
 from orchestrator.devsessions.tables import (
-    TABLES,
     CodeBlockRow,
     CodeBlockVersionRow,
     DevSessionEventRow,
     DevSessionRow,
 )
-from orchestrator.errors import Conflict, NotFound
 from orchestrator.store import SQLiteStore
 
 
@@ -92,9 +90,6 @@ class SessionWriter:
 
 class DevSessionStore(SQLiteStore):
     """Typed access to the dev session tables."""
-
-    def __init__(self, db_path: Path) -> None:
-        super().__init__(db_path, TABLES)
 
     def create(self, header: DevSessionHeader, metadata: dict[str, Any]) -> DevSession:
         """Insert a new session with its ``session_start`` event."""

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from core.errors import Conflict
 from orchestrator.devsessions.models import DevSessionEventType as E
 from orchestrator.devsessions.models import DevSessionStatus as S
-from orchestrator.errors import Conflict
 
 # Archived and promoted are final: a promoted session's history now lives in a project.
 ALLOWED: dict[S, frozenset[S]] = {

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from git import Actor, GitCommandError, Repo
 
+from core.errors import InvalidInput
 from orchestrator.devsessions import CommitStep
-from orchestrator.errors import InvalidInput
 
 AI_NAME = "Somnus AI"
 AI_EMAIL = "ai@somnus.local"

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from core.errors import HypervisorUnavailable
 from orchestrator.devsessions.models import as_utc
-from orchestrator.errors import HypervisorUnavailable
 from orchestrator.projects.tables import ProjectRow
 
 # A temp folder younger than this may belong to a command still running.

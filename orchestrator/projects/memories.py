@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.errors import GuestError
 from guest_agent.protocol import (
     AgentStatus,
     MemoryCreate,
@@ -19,7 +20,6 @@ from guest_agent.protocol import (
 )
 from orchestrator.agent_client import AgentClient
 from orchestrator.devsessions import DevSession, DevSessionEventType, block_paths
-from orchestrator.errors import GuestError
 
 README_NAMES = ("README.md", "README.rst", "README.txt", "README", "readme.md")
 MAX_MEMORY_CHARS = 8000  # one memory; embeddings see far less, the prompt may see it all

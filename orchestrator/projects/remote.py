@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from orchestrator.errors import Conflict, GuestError
+from core.errors import Conflict, GuestError
 from orchestrator.ssh import CommandResult, SSHTarget, get_file, put_file
 from orchestrator.ssh import run as ssh_run
 

@@ -19,10 +19,11 @@ from uuid import UUID
 
 from git import Repo
 
+from core.errors import AlreadyExists, Conflict, GuestError, SomnusError
+from core.types import Progress
 from guest_agent.protocol import Subsystem
 from orchestrator.devsessions import DevSessionManager, DevSessionStatus
 from orchestrator.devsessions.transitions import transition_event
-from orchestrator.errors import AlreadyExists, Conflict, GuestError, SomnusError
 from orchestrator.hypervisor import SnapshotInfo
 from orchestrator.models import VMRecord, VMState, utcnow
 from orchestrator.projects import gitrepo, memories
@@ -50,7 +51,6 @@ from orchestrator.projects.undo import UndoTarget, find_target, revert, undo_not
 from orchestrator.swap import SwapEngine
 from orchestrator.vms import VMService, validate_name
 
-Progress = Callable[[str], None]
 RemoteFactory = Callable[[VMRecord], Remote]
 
 
@@ -110,20 +110,16 @@ def _subject(message: str) -> str:
 class ProjectService:
     """Projects over one :class:`VMService`; the CLI's (and later the API's) one entry point."""
 
-    def __init__(self, service: VMService, sessions: DevSessionManager | None = None,
-                 remote: RemoteFactory | None = None, memory_wait_s: float = 600.0) -> None:
+    def __init__(self, service: VMService, swap: SwapEngine, store: ProjectStore,
+                 sessions: DevSessionManager, remote: RemoteFactory | None = None,
+                 memory_wait_s: float = 600.0) -> None:
         self.svc = service
-        self.store = ProjectStore(service.settings.db_path)
-        self._sessions = sessions
+        self.swap = swap
+        self.store = store
+        self.sessions = sessions
         self._remote = remote or (lambda record: SSHRemote(service.ssh_target(record)))
         # The agent needs its model for embeddings: a fresh TCG VM loads it for minutes.
         self.memory_wait_s = memory_wait_s
-
-    @property
-    def sessions(self) -> DevSessionManager:
-        if self._sessions is None:
-            self._sessions = DevSessionManager.from_settings(self.svc.settings)
-        return self._sessions
 
     @property
     def temp_dir(self) -> Path:
@@ -151,7 +147,7 @@ class ProjectService:
         """The project's VM, brought to the foreground first if it is not running."""
         record = self.svc.store.get_vm(row.vm_name)
         if not self.svc.hv.is_running(record.domain_name):
-            SwapEngine(self.svc).activate(record.name, progress=progress)
+            self.swap.activate(record.name, progress=progress)
             record = self.svc.store.get_vm(row.vm_name)
         self.store.touch(row.name)
         return record
@@ -159,7 +155,7 @@ class ProjectService:
     def _view(self, row: ProjectRow, vms: dict[str, VMRecord]) -> ProjectView:
         vm = vms.get(row.vm_name)
         ai = sum(c.kind == CommitKind.AI for c in self.store.commits(row.name))
-        return ProjectView(row, vm.state.value if vm else "missing", ai)
+        return ProjectView(row, self.svc.observe(vm).state.value if vm else "missing", ai)
 
     def list_projects(self) -> list[ProjectView]:
         vms = {r.name: r for r in self.svc.list_vms()}
@@ -363,7 +359,7 @@ class ProjectService:
     def archive(self, name: str) -> ArchiveResult:
         """Stop the VM and compact its disk overlay; the project stays restorable."""
         row = self._active(name)
-        with self.svc.locked():
+        with self.svc.changing():
             record = self.svc.store.get_vm(row.vm_name)
             self._shut_down(record)
             snapshots = self.svc.snapshot_list(record.name)
@@ -378,13 +374,14 @@ class ProjectService:
 
     def _shut_down(self, record: VMRecord) -> None:
         """A clean shutdown from any tier, so the disk is consistent before compaction."""
-        hv, dom = self.svc.hv, record.domain_name
-        live = hv.state(dom)
+        lifecycle = self.svc.lifecycle
+        live = lifecycle.domain_state(record)
         if live is VMState.SAVED:
-            hv.start(dom)  # restore, so the guest can shut down and flush its disk
+            # Restore, so the guest can shut down and flush its disk.
+            lifecycle.restore(record, "archive: restored to shut down")
         elif live is VMState.PAUSED:
-            hv.resume(dom)
-        if hv.is_active(dom):
+            lifecycle.resume(record, "archive: resumed to shut down")
+        if self.svc.hv.is_active(record.domain_name):
             with suppress(GuestError):
                 self.svc.agent(record).flush()
         self.svc.stop(record.name)

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from pathlib import Path
 
 from sqlalchemy import delete
 from sqlmodel import Field, SQLModel, col, select
 
-from orchestrator.errors import NotFound
+from core.errors import NotFound
 from orchestrator.models import utcnow
 from orchestrator.store import SQLiteStore
 
@@ -66,9 +65,6 @@ TABLES = [ProjectRow.__table__, ProjectCommitRow.__table__]  # type: ignore[attr
 
 class ProjectStore(SQLiteStore):
     """Typed access to the project tables; one short transaction per call."""
-
-    def __init__(self, db_path: Path) -> None:
-        super().__init__(db_path, TABLES)
 
     def add(self, row: ProjectRow) -> ProjectRow:
         with self.session() as db:

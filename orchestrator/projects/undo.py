@@ -11,7 +11,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from orchestrator.errors import Conflict
+from core.errors import Conflict
 from orchestrator.projects.gitrepo import AI_EMAIL, AI_NAME
 from orchestrator.projects.remote import Remote, check, in_repo
 from orchestrator.projects.tables import CommitKind, ProjectCommitRow

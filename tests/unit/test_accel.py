@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from core.config import AccelMode
 from orchestrator.accel import detect, kvm_usable
-from orchestrator.config import AccelMode
 
 
 def cpuinfo(tmp_path: Path, flags: str) -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guest_agent.gguf import context_length, read_metadata
 from guest_agent.protocol import AIModelConfiguration, ModelState
+from guest_agent.protocol.gguf import context_length, read_metadata
 from guest_agent.quantize import UnsupportedModelError, detect_format, ensure_bits, file_type_name
 from guest_agent.runtime import InputTooLong, ModelRuntime, SamplingParams, default_model_path
 from tests.unit.conftest import TEST_CTX, model_config

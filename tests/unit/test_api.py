@@ -20,6 +20,8 @@ from api import create_app
 from api.app import MAX_BODY_BYTES, PUBLIC_PATHS
 from api.auth import ensure_token, rotate_token, token_path
 from api.routes import ROUTERS
+from core.config import Settings
+from core.errors import GuestError
 from guest_agent.protocol import (
     AgentStatus,
     ChatCompletionChunk,
@@ -38,8 +40,6 @@ from images import builder
 from images.catalog import ImageManifest
 from orchestrator import errors_log
 from orchestrator import swap as swap_module
-from orchestrator.config import Settings
-from orchestrator.errors import GuestError
 from orchestrator.models import VMRecord
 from orchestrator.vms import VMService
 
@@ -584,7 +584,7 @@ def test_cli_prints_and_rotates_the_token(settings: Settings,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from cli import app
 
     monkeypatch.setenv("SOMNUS_HOME", str(settings.home))
     runner = CliRunner()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.cli import main
+from cli import main
 from tests.unit.test_devsessions_diffs import apply_patch
 
 Cli = Callable[..., str]
@@ -152,7 +152,7 @@ def test_installed_command_reports_errors_on_one_line(home: Path) -> None:
         [
             sys.executable,
             "-c",
-            "from orchestrator.cli import main; main()",
+            "from cli import main; main()",
             "session",
             "show",
             "0000",

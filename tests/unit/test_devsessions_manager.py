@@ -12,7 +12,8 @@ from uuid import UUID
 import pytest
 from sqlmodel import Session, func, select
 
-from orchestrator.config import Settings
+from core.config import Settings
+from core.errors import Conflict, InvalidInput, NotFound
 from orchestrator.devsessions import (
     DevSession,
     DevSessionEventType,
@@ -21,7 +22,6 @@ from orchestrator.devsessions import (
     DevSessionStore,
 )
 from orchestrator.devsessions.tables import DevSessionEventRow
-from orchestrator.errors import Conflict, InvalidInput, NotFound
 from tests.unit.test_devsessions_diffs import apply_patch
 
 E = DevSessionEventType

@@ -5,8 +5,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from core.config import AccelMode
 from orchestrator.accel import Acceleration
-from orchestrator.config import AccelMode
 from orchestrator.domain_xml import QEMU_NS, DomainSpec, build_domain_xml
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import InvalidInput, NotFound
 from guest_agent.runtime import default_model_path
-from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.guest_models import check_gguf
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from core.config import Settings
+from core.errors import ImageBuildError, InsufficientResources, InvalidInput, NotFound
 from images import builder, catalog, plumbing, recipe, wheels
 from images.catalog import ImageManifest, image_dir
-from orchestrator.config import Settings
-from orchestrator.errors import ImageBuildError, InsufficientResources, InvalidInput, NotFound
 
 LLAMA_SHA = "11" * 32
 

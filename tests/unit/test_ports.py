@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from orchestrator.errors import InsufficientResources
+from core.errors import InsufficientResources
 from orchestrator.ports import allocate_ports, port_is_free
 
 

@@ -16,10 +16,10 @@ from uuid import UUID
 
 import pytest
 
+from core.config import Settings
+from core.errors import AlreadyExists, Conflict, NotFound
 from guest_agent.protocol import Subsystem
-from orchestrator.config import Settings
 from orchestrator.devsessions import DevSessionManager, DevSessionStatus
-from orchestrator.errors import AlreadyExists, Conflict, NotFound
 from orchestrator.models import VMState, utcnow
 from orchestrator.projects import (
     CommitKind,
@@ -285,7 +285,7 @@ def test_cli_lists_reports_and_refuses_in_one_line(
         capsys: pytest.CaptureFixture[str]) -> None:
     import sys
 
-    from orchestrator.cli import main
+    from cli import main
 
     for key, value in (("HOME", settings.home), ("LIBVIRT_URI", settings.libvirt_uri),
                        ("DOMAIN_PREFIX", settings.domain_prefix)):

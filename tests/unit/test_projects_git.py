@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from git import Repo
 
+from core.config import Settings
+from core.errors import Conflict, GuestError, InvalidInput
 from guest_agent.protocol import AgentStatus, HealthResponse, MemoryAddResponse, MemoryCreate
 from orchestrator.agent_client import AgentClient
-from orchestrator.config import Settings
 from orchestrator.devsessions import CommitStep, DevSessionEventType, DevSessionManager
-from orchestrator.errors import Conflict, GuestError, InvalidInput
 from orchestrator.projects import gitrepo
 from orchestrator.projects.memories import repo_memories, session_memories, store
 from orchestrator.projects.remote import (

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from orchestrator.errors import NotFound
+from core.errors import NotFound
+from orchestrator.database import open_database
 from orchestrator.models import Subsystem, VMRecord, VMState
 from orchestrator.store import Store
 
@@ -30,15 +31,15 @@ def record(name: str, ssh: int, agent: int) -> VMRecord:
 
 def test_records_persist_across_store_instances(tmp_path: Path) -> None:
     db = tmp_path / "somnus.db"
-    Store(db).add_vm(record("a", 42000, 42001))
+    Store(open_database(db)).add_vm(record("a", 42000, 42001))
     assert stat.S_IMODE(db.stat().st_mode) == 0o600
-    again = Store(db)
+    again = Store(open_database(db))
     assert again.get_vm("a").ssh_port == 42000
     assert again.used_ports() == {42000, 42001}
 
 
 def test_state_history_records_transitions_with_reasons(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db")
+    store = Store(open_database(tmp_path / "db"))
     store.add_vm(record("a", 1, 2))
     store.set_state("a", VMState.RUNNING, reason="ready")
     store.set_state("a", VMState.RUNNING, reason="ignored: unchanged")
@@ -56,7 +57,7 @@ def test_state_history_records_transitions_with_reasons(tmp_path: Path) -> None:
 
 
 def test_duplicate_names_and_ports_are_refused_by_the_schema(tmp_path: Path) -> None:
-    store = Store(tmp_path / "db")
+    store = Store(open_database(tmp_path / "db"))
     store.add_vm(record("a", 1, 2))
     with pytest.raises(IntegrityError):
         store.add_vm(record("a", 3, 4))
@@ -66,4 +67,4 @@ def test_duplicate_names_and_ports_are_refused_by_the_schema(tmp_path: Path) -> 
 
 def test_missing_vm_is_not_found_with_a_hint(tmp_path: Path) -> None:
     with pytest.raises(NotFound, match="no VM named 'ghost'"):
-        Store(tmp_path / "db").get_vm("ghost")
+        Store(open_database(tmp_path / "db")).get_vm("ghost")

@@ -1,243 +1,244 @@
-"""Swap engine logic on libvirt's test driver (pause, managed save, restore are real
-libvirt calls there). The guest agent is replaced by a recording stand-in, since the
-test driver runs no guest; tests/vm/test_swap.py drives the real thing."""
+"""Swap policy on libvirt's test driver (pause, managed save, restore are real libvirt
+calls there). Each VM's agent is a recording stand-in (tests/fakes.py), since the test
+driver runs no guest; tests/vm/test_swap.py drives the real thing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 
-from guest_agent.protocol import AgentStatus, HealthResponse, Subsystem
-from orchestrator import swap as swap_module
-from orchestrator.budget import BudgetView
-from orchestrator.config import SwapPolicy
-from orchestrator.errors import HypervisorUnavailable, InsufficientResources, InvalidInput, NotFound
-from orchestrator.models import SwapOutcome, SwapPhase, VMRecord, VMState
-from orchestrator.swap import SwapEngine
+from core.config import SwapPolicy
+from core.errors import HypervisorUnavailable, InsufficientResources, InvalidInput, NotFound
+from guest_agent.protocol import Subsystem
+from orchestrator.host import Host
+from orchestrator.models import SwapOutcome, SwapPhase, VMState
+from orchestrator.views import status_view
 from orchestrator.vms import VMService
+from tests.fakes import FaultInjected, RaiseAt, StandInAgents, meter_of, settler_of
 
 
-@dataclass
-class StandInAgent:
-    name: str
-    calls: list[str] = field(default_factory=list)
-
-    def health(self, timeout_s: float = 5.0) -> HealthResponse:
-        return HealthResponse(
-            status=AgentStatus.OK, vm_name=self.name, agent_version="t", uptime_s=1.0
-        )
-
-    def flush(self, timeout_s: float = 10.0) -> None:
-        self.calls.append("flush")
-
-    def sync_clock(self, timeout_s: float = 5.0) -> None:
-        self.calls.append("clock")
-
-
-@pytest.fixture
-def agents(service: VMService, monkeypatch: pytest.MonkeyPatch) -> dict[str, StandInAgent]:
-    made: dict[str, StandInAgent] = {}
-
-    def agent_for(record: VMRecord) -> StandInAgent:
-        return made.setdefault(record.name, StandInAgent(record.name))
-
-    monkeypatch.setattr(service, "agent", agent_for)
-    monkeypatch.setattr(swap_module, "spawn_settle_worker", lambda: None)
-    return made
-
-
-def running_vm(service: VMService, name: str, subsystem: Subsystem = Subsystem.CHAT) -> None:
-    service.create(name, subsystem, memory_mib=512, wait=False)
+def running_vm(host: Host, name: str, subsystem: Subsystem = Subsystem.CHAT) -> None:
+    """A VM as 'vm create' leaves it: in the foreground (the previous one paused)."""
+    host.vms.create(name, subsystem, memory_mib=512, wait=False)
 
 
 def states(service: VMService) -> dict[str, VMState]:
     return {r.name: service.hv.state(r.domain_name) for r in service.store.list_vms()}
 
 
-def test_single_active_keeps_one_vm_running(
-    service: VMService, agents: dict[str, StandInAgent]
+def test_create_takes_the_foreground_and_settle_saves_the_previous(
+    host: Host, agents: StandInAgents
 ) -> None:
-    for name in ("chat", "research"):
-        running_vm(service, name, Subsystem(name))
-    engine = SwapEngine(service)
-    first = engine.activate("chat", settle_in_background=False)
-    assert first.vm == "chat" and first.path == "already-running"
-    assert states(service) == {"chat": VMState.RUNNING, "research": VMState.SAVED}
-
-    second = engine.activate("research", settle_in_background=False)
-    assert (second.previous, second.path) == ("chat", "restored")
-    assert states(service) == {"chat": VMState.SAVED, "research": VMState.RUNNING}
-    assert agents["chat"].calls[-1] == "flush"  # flushed before it left RAM
-    assert "clock" in agents["research"].calls  # resynced after the restore
-
-    back = engine.activate("chat", settle_in_background=False)
-    assert back.path == "restored"
-    assert service.store.foreground() == "chat"
-    assert [s.outcome for s in service.store.swaps()] == [SwapOutcome.DONE] * 3
+    running_vm(host, "chat")
+    running_vm(host, "research", Subsystem.RESEARCH)
+    assert host.store.foreground() == "research"
+    assert states(host.vms) == {"chat": VMState.PAUSED, "research": VMState.RUNNING}
+    assert settler_of(host).asked == 2  # each create asked for the previous VM to settle
+    assert host.swap.settle() == ["chat -> saved"]
+    assert states(host.vms) == {"chat": VMState.SAVED, "research": VMState.RUNNING}
 
 
-def test_activating_the_foreground_again_does_nothing(
-    service: VMService, agents: dict[str, StandInAgent]
-) -> None:
-    running_vm(service, "chat")
-    engine = SwapEngine(service)
-    engine.activate("chat", settle_in_background=False)
-    assert engine.activate("chat").path == "already"
-    assert len(service.store.swaps()) == 1
+def test_single_active_swaps_back_and_forth(host: Host, agents: StandInAgents) -> None:
+    running_vm(host, "chat")
+    running_vm(host, "research", Subsystem.RESEARCH)
+    host.swap.settle()
+    back = host.swap.activate("chat")
+    assert (back.previous, back.path) == ("research", "restored")
+    assert agents.made["research"].calls[-1] == "flush"  # flushed before it left RAM
+    assert "clock" in agents.made["chat"].calls  # resynced after the restore
+    host.swap.settle()
+    assert states(host.vms) == {"chat": VMState.RUNNING, "research": VMState.SAVED}
+    again = host.swap.activate("research")
+    assert again.path == "restored"
+    assert [s.outcome for s in host.store.swaps()] == [SwapOutcome.DONE] * 4
 
 
-def test_paused_vm_resumes(service: VMService, agents: dict[str, StandInAgent]) -> None:
-    running_vm(service, "chat")
-    running_vm(service, "research", Subsystem.RESEARCH)
-    engine = SwapEngine(service)
-    engine.activate("chat", settle_in_background=False)
-    service.hv.start(service.store.get_vm("research").domain_name)
-    engine.demote(service.store.get_vm("research"), VMState.PAUSED)
-    assert engine.activate("research", settle_in_background=False).path == "resumed"
+def test_activating_the_foreground_again_does_nothing(host: Host, agents: StandInAgents) -> None:
+    running_vm(host, "chat")
+    assert host.swap.activate("chat").path == "already"
+    assert len(host.store.swaps()) == 1
 
 
-def test_resolve_by_subsystem_name_and_errors(
-    service: VMService, agents: dict[str, StandInAgent]
-) -> None:
-    running_vm(service, "deep", Subsystem.RESEARCH)
-    engine = SwapEngine(service)
-    assert engine.resolve("research").name == "deep"
+def test_paused_vm_resumes(host: Host, agents: StandInAgents) -> None:
+    running_vm(host, "chat")
+    running_vm(host, "research", Subsystem.RESEARCH)  # chat paused, not settled yet
+    assert host.swap.activate("chat").path == "resumed"
+
+
+def test_resolve_by_subsystem_name_and_errors(host: Host, agents: StandInAgents) -> None:
+    running_vm(host, "deep", Subsystem.RESEARCH)
+    assert host.swap.resolve("research").name == "deep"
     with pytest.raises(NotFound, match="no artifacts VM"):
-        engine.resolve("artifacts")
+        host.swap.resolve("artifacts")
     with pytest.raises(NotFound, match="no VM or subsystem named 'nope'"):
-        engine.resolve("nope")
-    running_vm(service, "wide", Subsystem.RESEARCH)
+        host.swap.resolve("nope")
+    running_vm(host, "wide", Subsystem.RESEARCH)
     with pytest.raises(InvalidInput, match="several research VMs"):
-        engine.resolve("research")
+        host.swap.resolve("research")
 
 
-def test_artifacts_overlay_stays_beside_the_foreground(
-    service: VMService, agents: dict[str, StandInAgent]
-) -> None:
-    running_vm(service, "chat")
-    running_vm(service, "artifacts", Subsystem.ARTIFACTS)
-    SwapEngine(service).activate("chat", settle_in_background=False)
-    assert states(service) == {"chat": VMState.RUNNING, "artifacts": VMState.RUNNING}
-    view = SwapEngine(service).status()
+def test_artifacts_overlay_stays_beside_the_foreground(host: Host, agents: StandInAgents) -> None:
+    running_vm(host, "artifacts", Subsystem.ARTIFACTS)
+    running_vm(host, "chat")
+    host.swap.settle()
+    assert states(host.vms) == {"chat": VMState.RUNNING, "artifacts": VMState.RUNNING}
+    view = status_view(host.vms)
     assert {v.name: v.tier for v in view.vms} == {"chat": "foreground", "artifacts": "overlay"}
 
 
-def with_budget(monkeypatch: pytest.MonkeyPatch, limit: int, rss: int) -> None:
-    """Pretend each resident QEMU process holds ``rss`` MiB (the test driver has none)."""
-
-    def fake_measure(hv, records, settings):  # type: ignore[no-untyped-def]
-        resident = {r.name: rss for r in records if hv.is_active(r.domain_name)}
-        return BudgetView(limit, resident)
-
-    monkeypatch.setattr(swap_module, "measure", fake_measure)
-
-
-def test_budget_saves_least_recently_used_to_make_room(
-    service: VMService, agents: dict[str, StandInAgent], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    service.settings.policy = SwapPolicy.BUDGET
+def test_budget_saves_least_recently_used_to_make_room(host: Host, agents: StandInAgents) -> None:
+    host.settings.policy = SwapPolicy.BUDGET
     for name in ("chat", "research", "artifacts"):
-        running_vm(service, name, Subsystem(name))
-    engine = SwapEngine(service)
-    engine.activate("chat", settle_in_background=False)
-    engine.activate("research", settle_in_background=False)  # chat paused, both resident
-    assert states(service)["chat"] is VMState.PAUSED
-    service.hv.managed_save(service.store.get_vm("artifacts").domain_name)
+        running_vm(host, name, Subsystem(name))
+    host.swap.activate("chat")
+    host.swap.activate("research")  # the others paused, all resident
+    host.swap.demote(host.store.get_vm("artifacts"), VMState.SAVED)
+    assert states(host.vms)["chat"] is VMState.PAUSED
     # Room for two resident VMs (512 + 256 overhead each) but not three.
-    with_budget(monkeypatch, limit=1600, rss=700)
-    engine.activate("artifacts", settle_in_background=False)
-    assert states(service) == {
+    meter_of(host).set(limit=1600, rss=700)
+    host.swap.activate("artifacts")
+    assert states(host.vms) == {
         "chat": VMState.SAVED,
         "research": VMState.PAUSED,
         "artifacts": VMState.RUNNING,
     }
 
 
-def test_budget_refuses_when_nothing_can_make_room(
-    service: VMService, agents: dict[str, StandInAgent], monkeypatch: pytest.MonkeyPatch
+def test_budget_refuses_when_nothing_can_make_room(host: Host, agents: StandInAgents) -> None:
+    running_vm(host, "research", Subsystem.RESEARCH)
+    running_vm(host, "chat")
+    host.swap.settle()
+    meter_of(host).set(limit=600, rss=0)
+    with pytest.raises(InsufficientResources, match="needs 768 MiB") as caught:
+        host.swap.activate("research")
+    assert "--memory 344" in str(caught.value)  # the error names the fix
+    # Refused before anything moved: chat still runs, no swap was opened.
+    assert host.store.foreground() == "chat"
+    assert states(host.vms) == {"chat": VMState.RUNNING, "research": VMState.SAVED}
+    assert len(host.store.swaps()) == 2
+
+
+@pytest.mark.parametrize("point", ["from_paused", "to_started"])
+def test_a_swap_failing_at_any_phase_rolls_back(
+    host: Host, agents: StandInAgents, point: str
 ) -> None:
-    running_vm(service, "chat")
-    running_vm(service, "research", Subsystem.RESEARCH)
-    engine = SwapEngine(service)
-    engine.activate("chat", settle_in_background=False)
-    with_budget(monkeypatch, limit=600, rss=0)
-    with pytest.raises(InsufficientResources, match="budget is 600 MiB"):
-        engine.activate("research", settle_in_background=False)
-    # Rolled back: chat is the foreground and runs again, nothing else does.
-    assert service.store.foreground() == "chat"
-    assert states(service)["chat"] is VMState.RUNNING
-    assert service.store.swaps()[0].outcome is SwapOutcome.ROLLED_BACK
+    running_vm(host, "research", Subsystem.RESEARCH)
+    running_vm(host, "chat")
+    host.swap.settle()
+    fault = host.swap.faults
+    assert isinstance(fault, RaiseAt)
+    fault.point = point
+    with pytest.raises(FaultInjected):
+        host.swap.activate("research")
+    assert host.store.foreground() == "chat"
+    assert states(host.vms) == {"chat": VMState.RUNNING, "research": VMState.SAVED}
+    assert host.store.swaps()[0].outcome is SwapOutcome.ROLLED_BACK
+
+
+def test_a_swap_stopped_once_the_target_is_ready_is_finished_by_recovery(
+    host: Host, agents: StandInAgents
+) -> None:
+    running_vm(host, "research", Subsystem.RESEARCH)
+    running_vm(host, "chat")
+    host.swap.settle()
+    fault = host.swap.faults
+    assert isinstance(fault, RaiseAt)
+    fault.point = "to_ready"
+    with pytest.raises(FaultInjected):
+        host.swap.activate("research")
+    assert len(host.store.open_swaps()) == 1
+    fault.point = None
+    assert host.swap.recover()[-1].endswith("finished (research is foreground)")
+    assert host.store.foreground() == "research"
 
 
 def test_interrupted_swap_before_target_started_rolls_back(
-    service: VMService, agents: dict[str, StandInAgent]
+    host: Host, agents: StandInAgents
 ) -> None:
-    running_vm(service, "chat")
-    running_vm(service, "research", Subsystem.RESEARCH)
-    engine = SwapEngine(service)
-    engine.activate("chat", settle_in_background=False)
+    running_vm(host, "research", Subsystem.RESEARCH)
+    running_vm(host, "chat")
+    host.swap.settle()
     # What a killed 'activate research' leaves: ledger open, chat paused, research saved.
-    swap = service.store.open_swap("chat", "research")
-    service.hv.pause(service.store.get_vm("chat").domain_name)
-    service.store.swap_phase(swap.seq, SwapPhase.FROM_PAUSED)  # type: ignore[arg-type]
-    notes = engine.recover()
-    assert notes == [f"swap {swap.seq}: rolled back"]
-    assert states(service) == {"chat": VMState.RUNNING, "research": VMState.SAVED}
-    assert service.store.open_swaps() == []
+    swap = host.store.open_swap("chat", "research")
+    host.vms.hv.pause(host.store.get_vm("chat").domain_name)
+    host.store.swap_phase(swap.seq, SwapPhase.FROM_PAUSED)  # type: ignore[arg-type]
+    notes = host.swap.recover()
+    assert notes == ["chat: running -> paused", f"swap {swap.seq}: rolled back"]
+    assert states(host.vms) == {"chat": VMState.RUNNING, "research": VMState.SAVED}
+    assert host.store.open_swaps() == []
 
 
 def test_interrupted_swap_after_target_started_is_finished(
-    service: VMService, agents: dict[str, StandInAgent]
+    host: Host, agents: StandInAgents
 ) -> None:
-    running_vm(service, "chat")
-    running_vm(service, "research", Subsystem.RESEARCH)
-    engine = SwapEngine(service)
-    engine.activate("chat", settle_in_background=False)
-    swap = service.store.open_swap("chat", "research")
-    service.hv.pause(service.store.get_vm("chat").domain_name)
-    service.hv.start(service.store.get_vm("research").domain_name)  # restored, not confirmed
-    assert engine.recover() == [f"swap {swap.seq}: finished (research is foreground)"]
-    assert service.store.foreground() == "research"
-    engine.settle()
-    assert states(service) == {"chat": VMState.SAVED, "research": VMState.RUNNING}
+    running_vm(host, "research", Subsystem.RESEARCH)
+    running_vm(host, "chat")
+    host.swap.settle()
+    swap = host.store.open_swap("chat", "research")
+    host.vms.hv.pause(host.store.get_vm("chat").domain_name)
+    host.vms.hv.start(host.store.get_vm("research").domain_name)  # restored, not confirmed
+    notes = host.swap.recover()
+    assert notes[-1] == f"swap {swap.seq}: finished (research is foreground)"
+    assert host.store.foreground() == "research"
+    host.swap.settle()
+    assert states(host.vms) == {"chat": VMState.SAVED, "research": VMState.RUNNING}
+
+
+def test_a_read_never_recovers_an_open_swap(host: Host, agents: StandInAgents) -> None:
+    running_vm(host, "research", Subsystem.RESEARCH)
+    running_vm(host, "chat")
+    host.swap.settle()
+    swap = host.store.open_swap("chat", "research")
+    host.vms.hv.pause(host.store.get_vm("chat").domain_name)
+    before = states(host.vms)
+    view = status_view(host.vms)
+    assert {v.name: v.state for v in view.vms}["chat"] is VMState.PAUSED  # live, computed
+    assert host.store.get_vm("chat").state is VMState.RUNNING  # ...and not written
+    assert [s.seq for s in host.store.open_swaps()] == [swap.seq]
+    assert states(host.vms) == before
+    host.vms.stop("research")  # the next mutating command recovers first
+    assert host.store.open_swaps() == []
 
 
 def test_unrestorable_save_falls_back_to_cold_boot(
-    service: VMService, agents: dict[str, StandInAgent], monkeypatch: pytest.MonkeyPatch
+    host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    running_vm(service, "chat")
-    running_vm(service, "research", Subsystem.RESEARCH)
-    engine = SwapEngine(service)
-    engine.activate("chat", settle_in_background=False)
-    real_start = service.hv.start
-    domain = service.store.get_vm("research").domain_name
+    running_vm(host, "research", Subsystem.RESEARCH)
+    running_vm(host, "chat")
+    host.swap.settle()
+    hv = host.vms.hv
+    real_start = hv.start
+    domain = host.store.get_vm("research").domain_name
 
     def start(name: str) -> None:
-        if name == domain and service.hv.has_managed_save(name):
+        if name == domain and hv.has_managed_save(name):
             raise HypervisorUnavailable("cannot start: image is not a QEMU save file")
         real_start(name)
 
-    monkeypatch.setattr(service.hv, "start", start)
-    monkeypatch.setattr(service, "wait_ready", lambda name, progress=None: {"agent": 0.1})
+    # libvirt's test driver restores any save: make this one fail as a corrupt file does.
+    monkeypatch.setattr(hv, "start", start)
+    host.settings.timeout_ssh_s = 0.1  # the cold boot's SSH stage has no guest to reach
     warnings: list[str] = []
-    result = engine.activate("research", progress=warnings.append, settle_in_background=False)
-    assert result.path == "cold-boot-after-bad-save"
+    with pytest.raises(Exception, match="ssh"):
+        host.swap.activate("research", progress=warnings.append)
     assert any("restore of 'research' failed" in w for w in warnings)
-    assert not service.hv.has_managed_save(domain)
+    assert not hv.has_managed_save(domain)  # the bad save is gone; the disk booted cold
+    record = host.store.get_vm("research")
+    assert record.state is VMState.ERROR and "ssh" in (record.last_error or "")
+    assert any("cold-boot-after-bad-save" in h.reason for h in host.store.history("research"))
 
 
 def test_failed_save_leaves_the_vm_as_it_was(
-    service: VMService, agents: dict[str, StandInAgent], monkeypatch: pytest.MonkeyPatch
+    host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    running_vm(service, "chat")
-    record = service.store.get_vm("chat")
+    running_vm(host, "chat")
+    record = host.store.get_vm("chat")
+    hv = host.vms.hv
 
     def disk_full(name: str) -> None:
         raise HypervisorUnavailable("cannot save: No space left on device")
 
-    monkeypatch.setattr(service.hv, "managed_save", disk_full)
+    monkeypatch.setattr(hv, "managed_save", disk_full)
     with pytest.raises(HypervisorUnavailable, match="No space"):
-        SwapEngine(service).demote(record, VMState.SAVED)
-    assert service.hv.state(record.domain_name) is VMState.RUNNING
-    assert service.store.get_vm("chat").state is VMState.RUNNING
+        host.swap.demote(record, VMState.SAVED)
+    assert hv.state(record.domain_name) is VMState.RUNNING
+    assert host.store.get_vm("chat").state is VMState.RUNNING

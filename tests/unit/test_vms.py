@@ -9,11 +9,8 @@ import subprocess
 
 import pytest
 
-from guest_agent.protocol import Subsystem
-from images.catalog import ImageManifest
-from orchestrator import disks
-from orchestrator.config import Settings
-from orchestrator.errors import (
+from core.config import Settings
+from core.errors import (
     AlreadyExists,
     Conflict,
     HypervisorUnavailable,
@@ -21,9 +18,13 @@ from orchestrator.errors import (
     InvalidInput,
     NotFound,
 )
+from guest_agent.protocol import Subsystem
+from images.catalog import ImageManifest
+from orchestrator import disks
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import VMState
 from orchestrator.vms import VMService, validate_name
+from tests.fakes import fake_host
 
 
 @pytest.mark.parametrize("name", ["a", "Chat", "1chat", "chat-", "ch--at", "x" * 33, "ch_at", ""])
@@ -77,7 +78,7 @@ def test_not_enough_disk_is_refused_before_anything_is_made(
     settings: Settings, image: ImageManifest
 ) -> None:
     settings.min_free_disk_mib = 10**9
-    svc = VMService(settings, Hypervisor(settings.libvirt_uri))
+    svc = fake_host(settings, Hypervisor(settings.libvirt_uri)).vms
     with pytest.raises(InsufficientResources, match="not enough disk space"):
         svc.create("chat", Subsystem.CHAT, wait=False)
     assert svc.store.list_vms() == [] and not svc.paths("chat").root.exists()

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from core.config import Settings
 from guest_agent.protocol import Subsystem
 from images.builder import build_image
 from images.catalog import ImageManifest
-from orchestrator.config import Settings
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.vms import VMService
 

@@ -16,8 +16,8 @@ import uvicorn
 
 from api import create_app
 from api.auth import ensure_token
+from core.config import Settings
 from images.catalog import ImageManifest
-from orchestrator.config import Settings
 from orchestrator.vms import VMService
 from tests.vm.test_chat import wait_model_ready
 

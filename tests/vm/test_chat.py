@@ -19,7 +19,7 @@ pytestmark = pytest.mark.vm
 
 def somnus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from orchestrator.cli import main; main()", *args],
+        [sys.executable, "-c", "from cli import main; main()", *args],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=900,
     )
 

@@ -14,9 +14,9 @@ import sys
 import httpx
 import pytest
 
+from core.errors import AlreadyExists, InvalidInput, NotFound
 from guest_agent.protocol import AgentStatus, HealthResponse, InfoResponse, Subsystem
 from images.catalog import ImageManifest
-from orchestrator.errors import AlreadyExists, InvalidInput, NotFound
 from orchestrator.models import VMState
 from orchestrator.vms import VMService
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.vm
 def somnus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess against the test home."""
     return subprocess.run(
-        [sys.executable, "-c", "from orchestrator.cli import main; main()", *args],
+        [sys.executable, "-c", "from cli import main; main()", *args],
         env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
     )
 
@@ -62,7 +62,7 @@ def test_agent_refuses_requests_without_the_token(booted_vm: str, service: VMSer
     for path in ("/health", "/info"):
         assert httpx.get(url + path, timeout=10).status_code == 401
         wrong = httpx.get(url + path, headers={"Authorization": "Bearer " + "0" * 64}, timeout=10)
-        assert wrong.status_code == 403
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
     token = service.paths(booted_vm).token.read_text()
     good = httpx.get(url + "/health", headers={"Authorization": f"Bearer {token}"}, timeout=10)
     assert good.status_code == 200

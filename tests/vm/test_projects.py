@@ -16,9 +16,9 @@ from uuid import UUID
 
 import pytest
 
+from core.config import Settings
 from guest_agent.protocol import MemoryRecord, MemoryType
 from images.catalog import ImageManifest
-from orchestrator.config import Settings
 from orchestrator.devsessions import DevSessionManager
 from orchestrator.projects import REPO_DIR, ProjectService
 from orchestrator.vms import VMService

@@ -18,10 +18,10 @@ from typing import TypeVar
 
 import pytest
 
+from core.config import SwapPolicy
 from guest_agent.protocol import Subsystem
 from images.catalog import ImageManifest
 from orchestrator.budget import qemu_rss_mib
-from orchestrator.config import SwapPolicy
 from orchestrator.models import SwapOutcome, VMState
 from orchestrator.swap import FAULT_ENV, SwapEngine
 from orchestrator.vms import VMService
@@ -142,7 +142,7 @@ def test_killed_mid_swap_the_next_command_reconciles(
     current = service.store.foreground()
     target = B if current == A else A
     killed = subprocess.run(
-        [sys.executable, "-c", "from orchestrator.cli import main; main()", "activate", target],
+        [sys.executable, "-c", "from cli import main; main()", "activate", target],
         env={**os.environ, **vm_env, FAULT_ENV: phase}, capture_output=True, text=True,
         timeout=600,
     )
@@ -150,7 +150,7 @@ def test_killed_mid_swap_the_next_command_reconciles(
     assert service.store.open_swaps() != []  # the ledger shows the interrupted swap
 
     status = subprocess.run(
-        [sys.executable, "-c", "from orchestrator.cli import main; main()", "status", "--json"],
+        [sys.executable, "-c", "from cli import main; main()", "status", "--json"],
         env={**os.environ, **vm_env}, capture_output=True, text=True, timeout=600,
     )
     assert status.returncode == 0, status.stderr

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from rich.table import Table
 
-from orchestrator.cli.common import Clock, JsonFlag, emit_json, out, service
-from orchestrator.swap import SwapEngine
+from cli.common import Clock, JsonFlag, emit_json, err, host, out
+from orchestrator import views
 
 
 def activate(target: str, as_json: JsonFlag = False) -> None:
     """Bring a VM (or the VM of a subsystem) to the foreground; returns when it answers."""
-    result = SwapEngine(service()).activate(target, progress=Clock())
+    result = host().swap.activate(target, progress=Clock())
     if as_json:
-        emit_json(asdict(result))
+        emit_json(result)
         return
     came_from = f" (from {result.previous})" if result.previous else ""
     out.print(f"'{result.vm}' is in the foreground{came_from}: {result.path} "
@@ -22,15 +20,18 @@ def activate(target: str, as_json: JsonFlag = False) -> None:
 
 
 def status(as_json: JsonFlag = False) -> None:
-    """The foreground VM, every VM's state and tier, and the memory budget."""
-    view = SwapEngine(service()).status()
+    """The foreground VM, every VM's state and tier, and the memory budget (changes nothing)."""
+    view = views.status_view(host().vms)
     if as_json:
-        emit_json(asdict(view))
+        emit_json(view)
         return
     out.print(f"foreground: [bold]{view.foreground or 'none'}[/bold]   policy: {view.policy}   "
               f"memory: {view.budget_used_mib} / {view.budget_limit_mib} MiB")
     table = Table("NAME", "SUBSYSTEM", "STATE", "TIER", "RAM", "RESIDENT")
     for vm in view.vms:
-        table.add_row(vm.name, vm.subsystem, vm.state, vm.tier, f"{vm.memory_mib} MiB",
-                      f"{vm.resident_mib} MiB")
+        table.add_row(vm.name, vm.subsystem.value, vm.state.value, vm.tier,
+                      f"{vm.memory_mib} MiB", f"{vm.resident_mib} MiB")
     out.print(table if view.vms else "no VMs yet")
+    for orphan in view.orphans:
+        err.print(f"[yellow]orphan domain[/yellow] {orphan.domain_name}: {orphan.reason} "
+                  "('somnus vm prune' removes it)", highlight=False)

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from orchestrator.cli.common import Clock, JsonFlag, emit_json, out, service
+from cli.common import Clock, JsonFlag, emit_json, host, out
 from orchestrator.projects import (
     REPO_DIR,
     GcPlan,
@@ -29,7 +29,7 @@ NameArg = Annotated[str, typer.Argument(help="Project name (also its VM's name).
 
 
 def projects() -> ProjectService:
-    return ProjectService(service())
+    return host().projects()
 
 
 def _row_dict(row: ProjectRow) -> dict[str, Any]:

@@ -1,13 +1,16 @@
-"""The VM fleet at a glance: per-VM views with uptime and errors, counts per state,
-average uptime and the security posture. The REST API returns these models as they
-are; anything else wanting the same summary calls the same functions.
+"""Read models: one document per thing, shared by the CLI's ``--json`` and the REST API.
+
+Everything here is computed, never written: a VM's state is the live one
+(:func:`~orchestrator.lifecycle.live_state` over libvirt, or over the API server's
+event-fed live view), so ``somnus vm list --json`` and ``GET /vms`` agree by
+construction, and a read can never start, resume or repair anything.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -17,13 +20,18 @@ from sqlmodel import col, func, select
 
 from guest_agent.protocol import InfoResponse, Subsystem
 from orchestrator import errors_log
+from orchestrator.lifecycle import live_state
 from orchestrator.models import StateTransition, VMRecord, VMState
 from orchestrator.store import Store
-from orchestrator.vms import VMService
+from orchestrator.vms import Orphan, VMService
 
 # What every domain gets from domain_xml: nothing outside is reachable from a guest.
 GUEST_NETWORK = ("isolated: QEMU user-mode networking with restrict=on; "
                  "SSH and agent forwarded on 127.0.0.1 only")
+# A VM's domain state in Somnus terms, None when libvirt has no such domain.
+DomainStates = Callable[[VMRecord], VMState | None]
+Tier = Literal["foreground", "overlay", "background", "paused", "saved", "stopped", "error",
+               "creating", "saving", "restoring", "deleted"]
 
 
 class VMView(BaseModel):
@@ -34,7 +42,8 @@ class VMView(BaseModel):
     name: str
     domain_name: str
     subsystem: Subsystem
-    state: VMState
+    state: VMState  # live: from libvirt, not just the record
+    tier: Tier  # where it stands against the foreground
     memory_mib: int
     vcpus: int
     accel: str
@@ -68,6 +77,28 @@ class FleetView(BaseModel):
     vms: list[VMView]
 
 
+class VMStatus(VMView):
+    resident_mib: int  # RSS of its QEMU process; 0 when it has none
+
+
+class OrphanView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    domain_name: str
+    reason: str
+
+
+class StatusView(BaseModel):
+    """The foreground, every VM's tier and resident memory against the budget."""
+
+    policy: str
+    foreground: str | None
+    budget_limit_mib: int
+    budget_used_mib: int
+    vms: list[VMStatus]
+    orphans: list[OrphanView]  # domains of this home no VM owns ('somnus vm prune')
+
+
 class TransitionView(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -94,6 +125,26 @@ class VMDetail(VMView):
     agent: InfoResponse | None
 
 
+class SnapshotView(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    created: int  # Unix time
+    state: str  # the domain's state when taken: 'running' snapshots include memory
+    description: str
+
+
+class ActivateView(BaseModel):
+    """What a foreground switch did, and how long each phase took."""
+
+    vm: str
+    previous: str | None
+    path: str  # already | resumed | restored | cold-boot | cold-boot-after-bad-save | ...
+    seconds: float
+    seq: int | None = None
+    timings: dict[str, float] = {}
+
+
 def _aware(at: datetime) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)  # SQLite hands back naive UTC
 
@@ -107,13 +158,35 @@ def _running_since(store: Store) -> dict[str, datetime]:
         return {name: _aware(at) for name, at in s.exec(query)}
 
 
-def _view(record: VMRecord, since: dict[str, datetime], errors: dict[str, int],
-          now: datetime) -> VMView:
+def _tier(record: VMRecord, state: VMState, foreground: str | None) -> Tier:
+    if state is VMState.RUNNING:
+        if record.name == foreground:
+            return "foreground"
+        overlay = foreground is not None and record.subsystem is Subsystem.ARTIFACTS
+        return "overlay" if overlay else "background"
+    tier: Tier = state.value  # type: ignore[assignment]  # every other state names its tier
+    return tier
+
+
+def _view(record: VMRecord, domain_state: VMState | None, foreground: str | None,
+          since: dict[str, datetime], errors: dict[str, int], now: datetime) -> VMView:
+    observed = live_state(record, domain_state)
     started = since.get(record.name)
-    uptime = (round((now - started).total_seconds(), 1)
-              if record.state is VMState.RUNNING and started else None)
-    return VMView.model_validate({**record.model_dump(), "uptime_s": uptime,
-                                  "error_count": errors.get(record.name, 0)})
+    running = observed.state is VMState.RUNNING
+    uptime = round((now - started).total_seconds(), 1) if running and started else None
+    return VMView.model_validate({
+        **record.model_dump(), "state": observed.state, "last_error": observed.error,
+        "tier": _tier(record, observed.state, foreground), "uptime_s": uptime,
+        "error_count": errors.get(record.name, 0)})
+
+
+def _views(service: VMService, states: DomainStates | None) -> list[VMView]:
+    states = states or service.lifecycle.domain_state
+    store = service.store
+    foreground, since, errors = store.foreground(), _running_since(store), \
+        errors_log.error_counts(store)
+    now = datetime.now(UTC)
+    return [_view(r, states(r), foreground, since, errors, now) for r in store.list_vms()]
 
 
 def _private(path: Path) -> bool:
@@ -156,14 +229,10 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def fleet_view(service: VMService, extra_secrets: Iterable[Path] = (),
-               api_host: str | None = None) -> FleetView:
-    """Every VM (reconciled with libvirt) with counts, average uptime and security."""
-    records = service.list_vms()
-    now = datetime.now(UTC)
-    since = _running_since(service.store)
-    errors = errors_log.error_counts(service.store)
-    views = [_view(r, since, errors, now) for r in records]
+def fleet_view(service: VMService, states: DomainStates | None = None,
+               extra_secrets: Iterable[Path] = (), api_host: str | None = None) -> FleetView:
+    """Every VM in its live state, with counts, average uptime and security."""
+    views = _views(service, states)
     counts: dict[VMState, int] = {s: 0 for s in VMState if s is not VMState.DELETED}
     for view in views:
         counts[view.state] += 1
@@ -171,21 +240,44 @@ def fleet_view(service: VMService, extra_secrets: Iterable[Path] = (),
     return FleetView(
         total=len(views), counts=counts, foreground=service.store.foreground(),
         average_uptime_s=round(sum(uptimes) / len(uptimes), 1) if uptimes else None,
-        security=security_status(service, records, extra_secrets, api_host), vms=views,
+        security=security_status(service, service.store.list_vms(), extra_secrets, api_host),
+        vms=views,
     )
 
 
-def vm_detail(service: VMService, name: str, recent_errors: int = 5) -> VMDetail:
+def status_view(service: VMService, states: DomainStates | None = None,
+                orphans: list[Orphan] | None = None) -> StatusView:
+    """The foreground, tiers and the budget as measured now (and orphan domains)."""
+    views = _views(service, states)
+    budget = service.lifecycle.budget()
+    rows = [VMStatus(**v.model_dump(), resident_mib=budget.resident_mib.get(v.name, 0))
+            for v in views]
+    return StatusView(
+        policy=service.settings.policy.value, foreground=service.store.foreground(),
+        budget_limit_mib=budget.limit_mib, budget_used_mib=budget.used_mib, vms=rows,
+        orphans=[OrphanView.model_validate(o)
+                 for o in (service.orphans() if orphans is None else orphans)],
+    )
+
+
+def vm_detail(service: VMService, name: str, states: DomainStates | None = None,
+              recent_errors: int = 5) -> VMDetail:
     """One VM in full (asks its agent when it runs)."""
     info = service.info(name)
-    view = _view(info.record, _running_since(service.store),
-                 errors_log.error_counts(service.store), datetime.now(UTC))
+    store = service.store
+    state = (states or service.lifecycle.domain_state)(info.record)
+    view = _view(info.record, state, store.foreground(), _running_since(store),
+                 errors_log.error_counts(store), datetime.now(UTC))
     paths = {"root": str(info.paths.root), "disk": str(info.paths.overlay),
              "seed": str(info.paths.seed), "serial_log": str(info.paths.serial_log)}
     return VMDetail(
         **view.model_dump(), paths=paths,
         history=[TransitionView.model_validate(h) for h in info.history],
         recent_errors=[ErrorView.model_validate(e)
-                       for e in errors_log.list_errors(service.store, name, recent_errors)],
+                       for e in errors_log.list_errors(store, name, recent_errors)],
         agent=info.agent,
     )
+
+
+def snapshot_views(service: VMService, name: str) -> list[SnapshotView]:
+    return [SnapshotView.model_validate(s) for s in service.snapshot_list(name)]

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.common import err, out, settings
+from cli.common import err, out, settings
 
 api_app = typer.Typer(help="The REST control API's credentials.", no_args_is_help=True)
 
@@ -21,7 +21,7 @@ def serve(
 
     from api import create_app
     from api.auth import ensure_token, token_path
-    from orchestrator.fleet import is_loopback
+    from orchestrator.views import is_loopback
 
     current = settings()
     ensure_token(current)
@@ -30,7 +30,8 @@ def serve(
                   "the network; anyone with the token controls every VM")
     err.print(f"Somnus API on http://{host}:{port} (docs: /docs); "
               f"token: 'somnus api token' ({token_path(current)})")
-    uvicorn.run(create_app(current, api_host=host), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(current, api_host=host, live=True), host=host, port=port,
+                log_level="info")
 
 
 @api_app.command("token")

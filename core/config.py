@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum, StrEnum
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core.errors import InvalidInput
 
 
 class AccelMode(StrEnum):
@@ -57,6 +59,8 @@ class Settings(BaseSettings):
     memory_budget_mib: int = Field(default=6144, ge=512)
     # QEMU's own memory beside the guest RAM (TCG's translation cache included).
     qemu_overhead_mib: int = Field(default=256, ge=0)
+    # TCG's translation cache per VM (QEMU's default is 1 GiB, most of an idle guest's RSS).
+    tb_cache_mib: int = Field(default=256, ge=0)
     # Let the artifacts VM run beside the foreground VM when the budget allows.
     artifacts_overlay: bool = True
     # Restart the foreground VM when its QEMU process dies.
@@ -83,6 +87,37 @@ class Settings(BaseSettings):
         return self.cache / "wheels"
 
 
+def _expected(field: str) -> str:
+    """What a field accepts, in words: its type and its bounds (``an integer >= 512``)."""
+    info = Settings.model_fields[field]
+    kind = info.annotation
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return "one of " + ", ".join(str(m.value) for m in kind)
+    words = {int: "an integer", float: "a number", bool: "true or false", Path: "a path"}
+    noun = words.get(kind, "a string") if isinstance(kind, type) else "a valid value"
+    bounds = [f"{op} {getattr(m, attr)}" for m in info.metadata
+              for attr, op in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+              if getattr(m, attr, None) is not None]
+    return " ".join([noun, " and ".join(bounds)]) if bounds else noun
+
+
+def _bad_settings(exc: ValidationError) -> InvalidInput:
+    """One line naming every bad variable, the value given and what it should be."""
+    prefix = Settings.model_config.get("env_prefix", "")
+    problems = []
+    for error in exc.errors():
+        field = str(error["loc"][0]) if error["loc"] else ""
+        if field in Settings.model_fields:
+            problems.append(f"bad setting {prefix}{field.upper()}={error['input']!r}: "
+                            f"expected {_expected(field)}")
+        else:  # not one field's fault (none today): pydantic's own words
+            problems.append(f"bad settings: {error['msg']}")
+    return InvalidInput("; ".join(problems))
+
+
 def load_settings() -> Settings:
-    """Settings from the environment."""
-    return Settings()
+    """Settings from the environment; a bad value is one ``InvalidInput`` line, not a traceback."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise _bad_settings(exc) from None

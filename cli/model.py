@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator.cli.common import JsonFlag, emit_json, out, service
+from cli.common import JsonFlag, emit_json, host, out
 from orchestrator.guest_models import add_model
 
 model_app = typer.Typer(help="GGUF models served by the VMs' agents.", no_args_is_help=True)
@@ -21,7 +21,7 @@ def model_add(
     as_json: JsonFlag = False,
 ) -> None:
     """Copy a GGUF model into a VM (and with --use, switch its agent to it)."""
-    guest_path = add_model(service(), vm, path, use)
+    guest_path = add_model(host().vms, vm, path, use)
     if as_json:
         emit_json({"vm": vm, "path": guest_path, "serving": use})
     else:

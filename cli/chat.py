@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cli.common import Clock, JsonFlag, emit_json, err, host, out
 from guest_agent.protocol import (
     MemoryCreate,
     MemoryImportance,
@@ -17,7 +18,6 @@ from guest_agent.protocol import (
     SomnusReport,
 )
 from orchestrator.chat import ChatService
-from orchestrator.cli.common import Clock, JsonFlag, emit_json, err, out, service
 
 memory_app = typer.Typer(help="A VM's semantic memory.", no_args_is_help=True)
 prompt_app = typer.Typer(help="Inspect the prompts a VM's agent assembles.",
@@ -60,7 +60,7 @@ def chat(
     as_json: JsonFlag = False,
 ) -> None:
     """Chat with the local model inside a VM (streams the answer)."""
-    chat_service = ChatService(service())
+    chat_service = host().chat
     if message is not None and as_json:
         record, response = chat_service.ask(vm, message, new=new, progress=Clock(),
                                             temperature=temperature, max_tokens=max_tokens)
@@ -87,7 +87,7 @@ def memory_add(
     as_json: JsonFlag = False,
 ) -> None:
     """Store one memory in a VM."""
-    result = ChatService(service()).agent(vm, Clock()).memory_add(
+    result = host().chat.agent(vm, Clock()).memory_add(
         MemoryCreate(content=content, memory_type=memory_type, importance=importance))
     if as_json:
         emit_json(result.model_dump(mode="json"))
@@ -106,7 +106,7 @@ def memory_search(
     as_json: JsonFlag = False,
 ) -> None:
     """Search a VM's memory by meaning."""
-    result = ChatService(service()).agent(vm, Clock()).memory_search(MemorySearchRequest(
+    result = host().chat.agent(vm, Clock()).memory_search(MemorySearchRequest(
         query=query, top_k=top_k, memory_types=memory_type, min_importance=min_importance))
     if as_json:
         emit_json(result.model_dump(mode="json"))
@@ -126,7 +126,7 @@ def memory_list(
     as_json: JsonFlag = False,
 ) -> None:
     """List a VM's memories, newest first."""
-    result = ChatService(service()).agent(vm, Clock()).memory_list(0, limit, memory_type)
+    result = host().chat.agent(vm, Clock()).memory_list(0, limit, memory_type)
     if as_json:
         emit_json(result.model_dump(mode="json"))
         return
@@ -144,7 +144,7 @@ def memory_export(
                                                 help="File (default: stdout).")] = None,
 ) -> None:
     """Export a VM's memories as JSON lines."""
-    text = ChatService(service()).agent(vm, Clock()).memory_export()
+    text = host().chat.agent(vm, Clock()).memory_export()
     if output is None:
         sys.stdout.write(text)
     else:
@@ -155,7 +155,7 @@ def memory_export(
 @memory_app.command("import")
 def memory_import(vm: str, source: Path, as_json: JsonFlag = False) -> None:
     """Import memories (JSON lines, as exported) into a VM."""
-    result = ChatService(service()).agent(vm, Clock()).memory_import(source.read_text())
+    result = host().chat.agent(vm, Clock()).memory_import(source.read_text())
     if as_json:
         emit_json(result.model_dump(mode="json"))
     else:
@@ -165,7 +165,7 @@ def memory_import(vm: str, source: Path, as_json: JsonFlag = False) -> None:
 @prompt_app.command("show")
 def prompt_show(vm: VMArg = None, as_json: JsonFlag = False) -> None:
     """The last prompt the agent assembled: layers in order, tokens each, what was cut."""
-    inspection = ChatService(service()).agent(vm, Clock()).last_prompt()
+    inspection = host().chat.agent(vm, Clock()).last_prompt()
     if as_json:
         emit_json(inspection.model_dump(mode="json"))
         return

@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from orchestrator.cli.common import JsonFlag, emit_json, out, service
+from cli.common import JsonFlag, emit_json, host, out
+from orchestrator import views
 
 snapshot_app = typer.Typer(help="Snapshots of a VM (disk, and memory when running).",
                            no_args_is_help=True)
@@ -22,9 +23,9 @@ def snapshot_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Take a snapshot of VM called NAME."""
-    snap = service().snapshot_create(vm, name, description)
+    snap = views.SnapshotView.model_validate(host().vms.snapshot_create(vm, name, description))
     if as_json:
-        emit_json(snap.__dict__)
+        emit_json(snap)
     else:
         out.print(f"snapshot '{name}' of '{vm}' taken ({snap.state})")
 
@@ -32,9 +33,9 @@ def snapshot_create(
 @snapshot_app.command("list")
 def snapshot_list(vm: str, as_json: JsonFlag = False) -> None:
     """List a VM's snapshots, oldest first."""
-    snaps = service().snapshot_list(vm)
+    snaps = views.snapshot_views(host().vms, vm)
     if as_json:
-        emit_json([s.__dict__ for s in snaps])
+        emit_json([s.model_dump(mode="json") for s in snaps])
         return
     table = Table("NAME", "TAKEN", "STATE", "DESCRIPTION")
     for s in snaps:
@@ -46,12 +47,12 @@ def snapshot_list(vm: str, as_json: JsonFlag = False) -> None:
 @snapshot_app.command("revert")
 def snapshot_revert(vm: str, name: str) -> None:
     """Return VM to snapshot NAME (its disk, and memory if taken running)."""
-    state = service().snapshot_revert(vm, name)
+    state = host().vms.snapshot_revert(vm, name)
     out.print(f"'{vm}' reverted to '{name}' ({state.value})")
 
 
 @snapshot_app.command("delete")
 def snapshot_delete(vm: str, name: str) -> None:
     """Delete snapshot NAME of VM."""
-    service().snapshot_delete(vm, name)
+    host().vms.snapshot_delete(vm, name)
     out.print(f"snapshot '{name}' of '{vm}' deleted")

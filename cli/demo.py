@@ -7,9 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.common import Clock, JsonFlag, emit_json, host, out, settings
 from guest_agent.protocol import Subsystem
 from images import builder
-from orchestrator.cli.common import Clock, JsonFlag, emit_json, info_dict, out, service, settings
+from orchestrator import views
 
 
 def demo(
@@ -23,7 +24,7 @@ def demo(
     manifest = builder.build_image(settings(), progress=clock)
     report["timings"]["image"] = round(time.monotonic() - started, 2)
     report["image"] = manifest.recipe_hash[:16]
-    svc = service()
+    svc = host().vms
     record = svc.store.find_vm(name)
     if record is None:
         clock(f"creating VM '{name}'")
@@ -32,7 +33,7 @@ def demo(
         clock(f"starting VM '{name}'")
         timings = svc.start(name, progress=clock)
     else:
-        timings = svc.wait_ready(name, progress=clock)
+        timings = svc.wait_ready(record, progress=clock)
     report["timings"].update(timings)
     info = svc.info(name)
     uname = svc.run(name, "uname -sr").stdout.strip()
@@ -40,7 +41,8 @@ def demo(
     health = svc.agent(info.record).wait_model()
     clock(f"model: {health.status.value}")
     report["timings"]["model"] = round(time.monotonic() - started, 2)
-    report.update(vm=info_dict(info), guest_kernel=uname, agent_health=health.model_dump())
+    report.update(vm=views.vm_detail(svc, name).model_dump(mode="json"), guest_kernel=uname,
+                  agent_health=health.model_dump())
     if as_json:
         emit_json(report)
         return

@@ -14,7 +14,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.cli.common import Clock, JsonFlag, emit_json, err, out, service, settings
+from cli.common import Clock, JsonFlag, emit_json, err, host, out
+from core.errors import InvalidInput
 from orchestrator.devsessions import (
     DevSession,
     DevSessionHeader,
@@ -23,8 +24,6 @@ from orchestrator.devsessions import (
     block_paths,
 )
 from orchestrator.devsessions.diffs import diff_stat
-from orchestrator.errors import InvalidInput
-from orchestrator.projects import ProjectService
 
 session_app = typer.Typer(help="Dev sessions: chat turns, versioned code blocks, rollback.",
                           no_args_is_help=True)
@@ -34,7 +33,7 @@ BlockArg = Annotated[str, typer.Argument(help="Block path (as in 'show') or id p
 
 
 def manager() -> DevSessionManager:
-    return DevSessionManager.from_settings(settings())
+    return host().sessions()
 
 
 def _open(ref: str) -> tuple[DevSessionManager, UUID]:
@@ -219,8 +218,8 @@ def session_promote(
     as_json: JsonFlag = False,
 ) -> None:
     """Promote a session into a project VM: one git commit per code change, memories moved."""
-    m, sid = _open(session)
-    result = ProjectService(service(), m).promote(sid, project, memory, Clock())
+    _m, sid = _open(session)
+    result = host().projects().promote(sid, project, memory, Clock())
     if as_json:
         emit_json({"project": result.project, "session": str(sid), "created": result.created,
                    "commits": result.commits, "memory": asdict(result.memory)})

@@ -11,16 +11,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cli.common import Clock, JsonFlag, emit_json, err, host, out
 from guest_agent.protocol import Subsystem
-from orchestrator.cli.common import (
-    Clock,
-    JsonFlag,
-    emit_json,
-    info_dict,
-    out,
-    service,
-    vm_dict,
-)
+from orchestrator import views
 
 vm_app = typer.Typer(help="Create, run and inspect VMs.", no_args_is_help=True)
 
@@ -36,9 +29,10 @@ def vm_create(
     as_json: JsonFlag = False,
 ) -> None:
     """Create a VM from the base image and boot it."""
-    record, timings = service().create(name, subsystem, memory, vcpus, image, wait, Clock())
+    record, timings = host().vms.create(name, subsystem, memory, vcpus, image, wait, Clock())
     if as_json:
-        emit_json({**vm_dict(record), "timings": timings})
+        emit_json({**views.vm_detail(host().vms, name).model_dump(mode="json"),
+                   "timings": timings})
     else:
         out.print(f"VM '{name}' is {record.state.value} "
                   f"(ssh 127.0.0.1:{record.ssh_port}, agent 127.0.0.1:{record.agent_port})")
@@ -46,16 +40,17 @@ def vm_create(
 
 @vm_app.command("list")
 def vm_list(as_json: JsonFlag = False) -> None:
-    """List VMs and their live state."""
-    records = service().list_vms()
+    """List VMs and their live state (the same document as GET /vms)."""
+    fleet = views.fleet_view(host().vms)
     if as_json:
-        emit_json([vm_dict(r) for r in records])
+        emit_json(fleet)
         return
-    table = Table("NAME", "SUBSYSTEM", "STATE", "MEMORY", "VCPUS", "SSH", "AGENT", "ACCEL")
-    for r in records:
-        table.add_row(r.name, r.subsystem.value, r.state.value, f"{r.memory_mib} MiB",
-                      str(r.vcpus), str(r.ssh_port), str(r.agent_port), r.accel)
-    out.print(table if records else "no VMs yet: try 'somnus vm create chat --subsystem chat'")
+    table = Table("NAME", "SUBSYSTEM", "STATE", "TIER", "MEMORY", "VCPUS", "SSH", "AGENT",
+                  "ACCEL")
+    for v in fleet.vms:
+        table.add_row(v.name, v.subsystem.value, v.state.value, v.tier, f"{v.memory_mib} MiB",
+                      str(v.vcpus), str(v.ssh_port), str(v.agent_port), v.accel)
+    out.print(table if fleet.vms else "no VMs yet: try 'somnus vm create chat --subsystem chat'")
 
 
 @vm_app.command("start")
@@ -64,8 +59,8 @@ def vm_start(
     wait: Annotated[bool, typer.Option(help="Wait until the agent answers.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Boot a stopped VM."""
-    timings = service().start(name, wait, Clock())
+    """Boot a stopped VM (or restore a saved one); it becomes the foreground."""
+    timings = host().vms.start(name, wait, Clock())
     if as_json:
         emit_json({"name": name, "timings": timings})
     else:
@@ -78,22 +73,56 @@ def vm_stop(
     force: Annotated[bool, typer.Option(help="Power off without asking the guest.")] = False,
 ) -> None:
     """Shut a VM down (ACPI, then power off after a timeout)."""
-    clean = service().stop(name, force)
+    clean = host().vms.stop(name, force)
     out.print(f"VM '{name}' stopped" + ("" if clean else " (powered off)"))
 
 
+YesFlag = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
 @vm_app.command("delete")
-def vm_delete(name: str) -> None:
-    """Delete a VM: its domain, disk, seed and record."""
-    service().delete(name)
+def vm_delete(name: str, yes: YesFlag = False) -> None:
+    """Delete a VM: its domain, disk, seed and record (asks first unless --yes)."""
+    host().vms.store.get_vm(name)  # an unknown name fails before the question
+    if not yes:
+        typer.confirm(f"Delete VM '{name}' with its disk and snapshots?", abort=True,
+                      err=True)
+    host().vms.delete(name)
     out.print(f"VM '{name}' deleted")
+
+
+@vm_app.command("prune")
+def vm_prune(
+    dry_run: Annotated[bool, typer.Option(help="Only list what would be removed.")] = False,
+    yes: YesFlag = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Remove libvirt domains of this Somnus home that no VM record owns (orphans)."""
+    orphans = host().vms.orphans()
+    for orphan in orphans:
+        err.print(f"orphan: {orphan.domain_name} ({orphan.reason})", highlight=False)
+    if dry_run or not orphans:
+        if as_json:
+            emit_json({"orphans": [o.domain_name for o in orphans], "removed": []})
+        elif not orphans:
+            out.print("no orphan domains")
+        return
+    if not yes:
+        typer.confirm(f"Power off and undefine {len(orphans)} domain(s)?", abort=True,
+                      err=True)
+    removed = host().vms.prune(orphans)
+    if as_json:
+        emit_json({"orphans": [o.domain_name for o in orphans], "removed": removed})
+    else:
+        for name in removed:
+            out.print(f"removed {name}")
 
 
 @vm_app.command("ssh", context_settings={"allow_extra_args": True,
                                          "ignore_unknown_options": True})
 def vm_ssh(ctx: typer.Context, name: str) -> None:
     """Open a shell in the VM, or run a command: somnus vm ssh NAME -- COMMAND."""
-    argv = service().ssh_argv(name, list(ctx.args) or None)
+    argv = host().vms.ssh_argv(name, list(ctx.args) or None)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 
@@ -105,7 +134,7 @@ def vm_console(
     lines: Annotated[int, typer.Option("--lines", "-n", help="Last N lines.")] = 50,
 ) -> None:
     """Show the VM's serial console log."""
-    path = service().console_log(name)
+    path = host().vms.console_log(name)
     text = path.read_text(errors="replace") if path.exists() else ""
     sys.stdout.write("\n".join(text.splitlines()[-lines:]) + "\n")
     if follow:
@@ -130,13 +159,15 @@ def _follow(path: Path, offset: int) -> None:
 @vm_app.command("info")
 def vm_info(name: str, as_json: JsonFlag = False) -> None:
     """Show one VM: resources, ports, paths, state history and what its agent reports."""
-    data = info_dict(service().info(name))
+    detail = views.vm_detail(host().vms, name)
     if as_json:
-        emit_json(data)
+        emit_json(detail)
         return
+    data = detail.model_dump(mode="json")
     table = Table(show_header=False, box=None)
-    for key in ("name", "subsystem", "state", "memory_mib", "vcpus", "accel", "ssh_port",
-                "agent_port", "image_hash", "created_at", "last_error"):
+    for key in ("name", "subsystem", "state", "tier", "memory_mib", "vcpus", "accel",
+                "ssh_port", "agent_port", "image_hash", "created_at", "last_error",
+                "error_count"):
         table.add_row(key, str(data[key]))
     for key, value in data["paths"].items():
         table.add_row(key, value)

@@ -93,3 +93,28 @@ class GuestError(SomnusError):
 
     exit_code = 10
     http_status = 502
+
+
+class Busy(GuestError):
+    """The VM's agent refused a request for now (its queue is full, its model still loads).
+
+    A GuestError too, so the callers that treat any agent failure as "not now"
+    (best-effort flushes, readiness polls, retries) keep doing so.
+    """
+
+    exit_code = 11
+    http_status = 503
+
+    def __init__(self, detail: str = "", retry_after_s: int = 1, vm: str | None = None) -> None:
+        who = f"VM '{vm}': " if vm else ""
+        why = f": {detail}" if detail else ""
+        super().__init__(f"{who}the VM's agent is busy; retry in {retry_after_s} s{why}")
+        self.retry_after_s = retry_after_s
+
+
+class GuestNotFound(NotFound, GuestError):
+    """The VM's agent does not know the thing asked for (a role, a memory): a 404 from the guest."""
+
+
+class GuestInvalidInput(InvalidInput, GuestError):
+    """The VM's agent refused the request as invalid (context overflow, bad chat): 400/422."""

@@ -7,22 +7,26 @@ Each command group lives in its own module and is mounted here.
 
 from __future__ import annotations
 
+import logging
 import sys
+from contextlib import suppress
 
 import typer
 
-from orchestrator.cli.chat import chat, memory_app, prompt_app
-from orchestrator.cli.common import err
-from orchestrator.cli.demo import demo
-from orchestrator.cli.image import image_app
-from orchestrator.cli.model import model_app
-from orchestrator.cli.project import project_app
-from orchestrator.cli.serve import api_app, serve
-from orchestrator.cli.session import session_app
-from orchestrator.cli.snapshot import snapshot_app
-from orchestrator.cli.swap import activate, status
-from orchestrator.cli.vm import vm_app
-from orchestrator.errors import SomnusError
+from cli.chat import chat, memory_app, prompt_app
+from cli.common import err
+from cli.demo import demo
+from cli.image import image_app
+from cli.model import model_app
+from cli.project import project_app
+from cli.serve import api_app, serve
+from cli.session import session_app
+from cli.snapshot import snapshot_app
+from cli.swap import activate, status
+from cli.vm import vm_app
+from core.config import load_settings
+from core.errors import SomnusError
+from core.logs import configure_logging
 
 app = typer.Typer(help="Somnus: a local-first AI workstation where every subsystem is a VM.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -44,9 +48,19 @@ vm_app.add_typer(snapshot_app, name="snapshot")
 
 def main() -> None:
     """Entry point: run the CLI, turning Somnus errors into one line and an exit code."""
+    logged = False
+    # Best effort: the command itself reports a bad setting, and an unwritable
+    # SOMNUS_HOME only costs the log file (``somnus --help`` must still work).
+    with suppress(SomnusError, OSError):
+        configure_logging(load_settings(), "cli")
+        logged = True
     try:
         app()
     except SomnusError as exc:
+        if logged:  # else logging's last resort would print it to stderr a second time
+            # Only the command's first word: the rest may be a prompt or a memory.
+            logging.getLogger("cli").warning("somnus %s: %s: %s", " ".join(sys.argv[1:2]),
+                                             type(exc).__name__, exc.message)
         err.print(f"[red]error:[/red] {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from cli.common import Clock, JsonFlag, emit_json, out, settings
 from images import builder, catalog
-from orchestrator.cli.common import Clock, JsonFlag, emit_json, out, settings
 
 image_app = typer.Typer(help="Build and list guest images.", no_args_is_help=True)
 

@@ -1,0 +1,274 @@
+"""The one owner of VM state: every move of a VM, in libvirt and in the store together.
+
+Each verb (register, boot, pause, resume, save, restore, stop, revert, destroy) makes
+the libvirt call and records the transition, checked against :data:`ALLOWED`, with
+its reason. Every verb that brings a VM into RAM first passes :meth:`Lifecycle.admit`:
+its RAM plus QEMU's overhead must fit the memory budget as measured on the host, and
+the host's free memory. No other module calls ``Store.set_state`` or a libvirt verb
+that changes a domain (``tests/unit/test_architecture.py`` checks it).
+
+Reads go through :func:`live_state`, which computes a VM's state from its record and
+libvirt without writing; :meth:`Lifecycle.reconcile_one` writes what it computes.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from core.config import Settings
+from core.errors import Conflict, HypervisorUnavailable, InsufficientResources, NotFound
+from core.types import Progress
+from orchestrator.budget import MIB, BudgetView, Meter, QemuMeter, projected_mib
+from orchestrator.hypervisor import Hypervisor
+from orchestrator.models import VMRecord, VMState
+from orchestrator.store import Store
+
+S = VMState
+# Where a VM may go from each state. ERROR is reachable from anywhere (a dead QEMU, a
+# vanished domain); from ERROR a VM goes wherever libvirt says it is.
+ALLOWED: dict[VMState, frozenset[VMState]] = {
+    S.CREATING: frozenset({S.RUNNING, S.STOPPED, S.ERROR}),
+    S.RUNNING: frozenset({S.PAUSED, S.SAVING, S.STOPPED, S.ERROR}),
+    S.PAUSED: frozenset({S.RUNNING, S.SAVING, S.STOPPED, S.ERROR}),
+    S.SAVING: frozenset({S.SAVED, S.RUNNING, S.PAUSED, S.ERROR}),
+    S.SAVED: frozenset({S.RESTORING, S.RUNNING, S.STOPPED, S.ERROR}),
+    S.RESTORING: frozenset({S.RUNNING, S.PAUSED, S.SAVING, S.STOPPED, S.ERROR}),
+    S.STOPPED: frozenset({S.RUNNING, S.PAUSED, S.SAVED, S.ERROR}),
+    S.ERROR: frozenset({S.RUNNING, S.PAUSED, S.SAVED, S.STOPPED}),
+    S.DELETED: frozenset(),
+}
+# Deleting starts by recording the intent, so a delete killed midway is finished later.
+ALLOWED = {state: targets | {S.DELETED} for state, targets in ALLOWED.items()}
+# States a VM rests in between commands; the others are mid-operation.
+SETTLED_STATES = frozenset({S.RUNNING, S.STOPPED, S.PAUSED, S.SAVED, S.ERROR})
+RECONCILED = "reconcile with libvirt"
+# Room on disk beside a managed save, past the guest's RAM (device state, headers).
+SAVE_MARGIN_MIB = 64
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a VM is, computed from its record and libvirt; ``why`` explains a difference."""
+
+    state: VMState
+    why: str = ""
+    error: str | None = None
+
+
+def live_state(record: VMRecord, domain_state: VMState | None) -> Observed:
+    """The VM's state now, from its record and its domain's state (None: no domain).
+
+    Pure: the same rules serve reads (which show it) and reconcile (which writes it).
+    """
+    if domain_state is None:
+        if record.state is S.ERROR:
+            return Observed(S.ERROR, error=record.last_error)
+        return Observed(S.ERROR, "domain gone from libvirt", "libvirt domain vanished")
+    if record.state not in SETTLED_STATES or domain_state is record.state:
+        return Observed(record.state, error=record.last_error)
+    if record.state is S.ERROR and domain_state is S.STOPPED:
+        return Observed(S.ERROR, error=record.last_error)  # stands until started or deleted
+    if record.state is S.RUNNING and domain_state is S.STOPPED:
+        return Observed(S.ERROR, "QEMU process died", "QEMU exited while the VM was running")
+    return Observed(domain_state, RECONCILED)
+
+
+class Lifecycle:
+    """Moves VMs between states on one host: libvirt and the store, together."""
+
+    def __init__(self, settings: Settings, store: Store, hypervisor: Callable[[], Hypervisor],
+                 meter: Meter | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self._hypervisor = hypervisor
+        self.meter: Meter = meter or QemuMeter(hypervisor, settings)
+
+    def budget(self) -> BudgetView:
+        """Every VM's resident memory against the budget, measured now."""
+        return self.meter(self.store.list_vms())
+
+    @property
+    def hv(self) -> Hypervisor:
+        return self._hypervisor()
+
+    # -- recording ----------------------------------------------------------------------
+
+    def _move(self, record: VMRecord, to: VMState, reason: str,
+              error: str | None = None) -> VMRecord:
+        """Record ``record`` moving to ``to``; refuses a move the table does not allow."""
+        current = self.store.get_vm(record.name)
+        if current.state is not to and to not in ALLOWED[current.state]:
+            raise Conflict(f"VM '{record.name}' cannot go from {current.state.value} to "
+                           f"{to.value} ({reason})")
+        return self.store.set_state(record.name, to, reason=reason, error=error)
+
+    def mark_ready(self, record: VMRecord, reason: str = "ready") -> VMRecord:
+        return self._move(record, S.RUNNING, reason)
+
+    def mark_error(self, record: VMRecord, reason: str, error: str) -> VMRecord:
+        return self._move(record, S.ERROR, reason, error)
+
+    def reconcile_one(self, record: VMRecord) -> str | None:
+        """Write what :func:`live_state` computes; one line per change, None if none."""
+        observed = live_state(record, self.domain_state(record))
+        if observed.state is record.state:
+            return None
+        self._move(record, observed.state, observed.why, observed.error)
+        if observed.why == RECONCILED:
+            return f"{record.name}: {record.state.value} -> {observed.state.value}"
+        return f"{record.name}: {observed.why} -> {observed.state.value}"
+
+    def domain_state(self, record: VMRecord) -> VMState | None:
+        """libvirt's state of the VM's domain in Somnus terms; None when it has none."""
+        try:
+            return self.hv.state(record.domain_name)
+        except NotFound:
+            return None
+
+    # -- admission ----------------------------------------------------------------------
+
+    def check_can_fit(self, name: str, memory_mib: int) -> None:
+        """Refuse a VM that could never run here: over the budget or the host's RAM."""
+        need = memory_mib + self.settings.qemu_overhead_mib
+        limit = self.meter([]).limit_mib
+        if need > limit:
+            raise InsufficientResources(
+                f"VM '{name}' needs {need} MiB ({memory_mib} RAM + "
+                f"{self.settings.qemu_overhead_mib} QEMU overhead) but the memory budget is "
+                f"{limit} MiB: use --memory {limit - self.settings.qemu_overhead_mib} or less "
+                "(or raise SOMNUS_MEMORY_BUDGET_MIB)")
+        total = psutil.virtual_memory().total // MIB
+        if need > total:
+            raise InsufficientResources(
+                f"VM '{name}' needs {need} MiB but this host has {total} MiB of RAM")
+
+    def admit(self, record: VMRecord) -> None:
+        """May ``record`` come into RAM now? Raises InsufficientResources if not.
+
+        What it may still grow by (its RAM plus overhead, less what its QEMU already
+        holds) must fit the budget beside every resident VM, and the host's free memory.
+        """
+        self.check_can_fit(record.name, record.memory_mib)
+        budget = self.budget()
+        extra = max(0, projected_mib(record, self.settings)
+                    - budget.resident_mib.get(record.name, 0))
+        if not budget.fits(extra):
+            raise InsufficientResources(
+                f"VM '{record.name}' needs {extra} MiB but {budget.used_mib} of "
+                f"{budget.limit_mib} MiB of the memory budget are in use ('somnus status')")
+        available = psutil.virtual_memory().available // MIB
+        if extra > available:
+            raise InsufficientResources(
+                f"VM '{record.name}' needs {extra} MiB but the host has {available} MiB free")
+
+    # -- verbs --------------------------------------------------------------------------
+
+    def register(self, record: VMRecord) -> VMRecord:
+        """Record a new VM, state 'creating': from here a killed create is undone later."""
+        return self.store.add_vm(record)
+
+    def define(self, record: VMRecord, domain_xml: str) -> None:
+        """Define the new VM's domain (not started)."""
+        self.hv.define(domain_xml)
+
+    def boot(self, record: VMRecord, reason: str) -> VMRecord:
+        """Cold-boot the domain (admitted first). A new VM stays 'creating' until ready."""
+        self.admit(record)
+        self.hv.start(record.domain_name)
+        if record.state is S.CREATING:
+            return record
+        return self._move(record, S.RUNNING, reason)
+
+    def pause(self, record: VMRecord, reason: str) -> VMRecord:
+        """Freeze the vCPUs; RAM stays, so resuming is instant."""
+        self.hv.pause(record.domain_name)
+        return self._move(record, S.PAUSED, reason)
+
+    def resume(self, record: VMRecord, reason: str) -> VMRecord:
+        self.admit(record)
+        self.hv.resume(record.domain_name)
+        return self._move(record, S.RUNNING, reason)
+
+    def save(self, record: VMRecord, reason: str) -> VMRecord:
+        """Managed save: RAM and device state to disk, QEMU gone. Refused without room."""
+        self._require_save_space(record)
+        self._move(record, S.SAVING, reason)
+        try:
+            self.hv.managed_save(record.domain_name)
+        except HypervisorUnavailable:
+            # libvirt leaves the domain as it was: record what it really is.
+            self._move(record, self.hv.state(record.domain_name), "save failed")
+            raise
+        return self._move(record, S.SAVED, reason)
+
+    def _require_save_space(self, record: VMRecord) -> None:
+        free_mib = self.hv.save_folder_free_mib(record.domain_name, self.settings.home)
+        need_mib = record.memory_mib + SAVE_MARGIN_MIB
+        if free_mib < need_mib:
+            raise InsufficientResources(
+                f"cannot save '{record.name}': {free_mib} MiB free where libvirt saves, up "
+                f"to {need_mib} MiB needed; the VM stays as it is (free some disk space)")
+
+    def restore(self, record: VMRecord, reason: str,
+                progress: Progress | None = None) -> str:
+        """Back from the managed save; returns 'restored' or 'cold-boot-after-bad-save'.
+
+        A save file that cannot be restored (a corrupt write, another QEMU) is dropped
+        and the same disk boots cold, with a warning: the VM is never lost.
+        """
+        self.admit(record)
+        self._move(record, S.RESTORING, reason)
+        try:
+            self.hv.start(record.domain_name)
+            path = "restored"
+        except HypervisorUnavailable as exc:
+            if progress:
+                progress(f"warning: restore of '{record.name}' failed ({exc}); cold boot")
+            self.hv.remove_managed_save(record.domain_name)
+            self.hv.start(record.domain_name)
+            path = "cold-boot-after-bad-save"
+        self._move(record, S.RUNNING, f"{reason}: {path}")
+        return path
+
+    def stop(self, record: VMRecord, reason: str, force: bool = False,
+             timeout_s: float = 60.0) -> bool:
+        """Shut down (ACPI, then power off); True when the guest shut down cleanly."""
+        clean = self.hv.stop(record.domain_name, timeout_s=timeout_s, force=force)
+        self._move(record, S.STOPPED, reason if clean else f"{reason} (powered off)")
+        return clean
+
+    def power_off(self, record: VMRecord, reason: str) -> None:
+        """Pull the plug. A VM not yet made ('creating') or failed ('error') keeps its state:
+        the one is undone by its creator, the other keeps its error for the user."""
+        self.hv.stop(record.domain_name, force=True)
+        if self.store.get_vm(record.name).state not in (S.CREATING, S.ERROR):
+            self._move(record, S.STOPPED, reason)
+
+    def drop_save(self, record: VMRecord, reason: str) -> VMRecord:
+        """Forget a managed save: the VM boots cold next time."""
+        self.hv.remove_managed_save(record.domain_name)
+        return self._move(record, S.STOPPED, reason)
+
+    def revert(self, record: VMRecord, snapshot: str, running: bool) -> VMState:
+        """Disk (and memory, for a snapshot taken running) back to ``snapshot``."""
+        if running:
+            self.admit(record)
+        self.hv.snapshot_revert(record.domain_name, snapshot)
+        state = self.hv.state(record.domain_name)
+        self._move(record, state, f"reverted to snapshot '{snapshot}'")
+        return state
+
+    def destroy(self, record: VMRecord, files: Path, reason: str = "deleted") -> None:
+        """Power off and undefine the domain (save and snapshot metadata too), remove the
+        VM's folder, drop the record. The intent is recorded first: the next command's
+        reconcile finishes a destroy that was killed midway."""
+        if self.store.find_vm(record.name) is not None:
+            self._move(record, S.DELETED, reason)
+        self.hv.undefine(record.domain_name)
+        shutil.rmtree(files, ignore_errors=True)
+        self.store.delete_vm(record.name, reason)

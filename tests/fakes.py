@@ -1,0 +1,225 @@
+"""The fakes the host's seams take (``orchestrator.seams``), shared by every unit test.
+
+libvirt's test driver runs no guest, so a stand-in answers for each VM's agent; the
+settle runner does nothing until a test calls ``settle()`` itself; the fault hook
+raises instead of killing the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from core.config import Settings
+from core.errors import GuestError
+from guest_agent.protocol import (
+    AgentStatus,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    HealthResponse,
+    MemoryAddResponse,
+    MemoryCreate,
+    MemoryImportResponse,
+    MemoryListResponse,
+    MemoryRecord,
+    MemorySearchRequest,
+    MemorySearchResponse,
+)
+from orchestrator.budget import BudgetView
+from orchestrator.host import Host
+from orchestrator.hypervisor import Hypervisor
+from orchestrator.models import VMRecord
+
+_USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+_TIMINGS = {"prompt_n": 3, "prompt_ms": 1.0, "predicted_n": 2, "predicted_ms": 1.0,
+            "predicted_per_second": 2000.0}
+_REPORT = {"strategy": "prompt_manager", "role": None, "layers": [], "truncated": [],
+           "context_window": {"max_tokens": 1024, "current_tokens": 5,
+                              "reserved_output_tokens": 16, "available_tokens": 1003,
+                              "utilization_percent": 0.5, "system_tokens": 0, "user_tokens": 3,
+                              "layer_tokens": {}}}
+
+
+class StandInAgent:
+    """Answers like a guest agent and records what it was asked; ``broken`` makes every
+    call fail as a dead guest's would."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.broken = False
+        self.calls: list[str] = []
+        self.memories: list[MemoryRecord] = []
+
+    def _check(self, call: str) -> None:
+        self.calls.append(call)
+        if self.broken:
+            raise GuestError(f"agent of '{self.name}' unreachable")
+
+    def health(self, timeout_s: float = 5.0) -> HealthResponse:
+        self._check("health")
+        return HealthResponse(status=AgentStatus.OK, vm_name=self.name, agent_version="t",
+                              uptime_s=1.0)
+
+    def flush(self, timeout_s: float = 10.0) -> None:
+        self._check("flush")
+
+    def sync_clock(self, timeout_s: float = 5.0) -> None:
+        self._check("clock")
+
+    def _answer(self, request: ChatCompletionRequest) -> str:
+        return f"{self.name} heard: {request.messages[-1].content}"
+
+    def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
+        self._check("chat")
+        return ChatCompletionResponse.model_validate({
+            "id": "c1", "created": 1, "model": "stand-in", "usage": _USAGE, "timings": _TIMINGS,
+            "somnus": _REPORT, "choices": [{"message": {"role": "assistant",
+                                                        "content": self._answer(request)},
+                                            "finish_reason": "stop"}]})
+
+    def chat_stream(self, request: ChatCompletionRequest) -> Iterator[ChatCompletionChunk]:
+        self._check("chat")
+        base = {"id": "c1", "created": 1, "model": "stand-in"}
+        yield ChatCompletionChunk.model_validate(
+            {**base, "choices": [{"delta": {"role": "assistant"}}]})
+        for word in self._answer(request).split(" "):
+            yield ChatCompletionChunk.model_validate(
+                {**base, "choices": [{"delta": {"content": word + " "}}]})
+        yield ChatCompletionChunk.model_validate(
+            {**base, "choices": [{"delta": {}, "finish_reason": "stop"}], "usage": _USAGE,
+             "timings": _TIMINGS, "somnus": _REPORT})
+
+    def memory_add(self, item: MemoryCreate) -> MemoryAddResponse:
+        self._check("memory_add")
+        record = MemoryRecord(**item.model_dump(), memory_id=f"m{len(self.memories)}",
+                              content_hash="h", created_at=1.0, last_accessed=1.0)
+        self.memories.append(record)
+        return MemoryAddResponse(memory=record, deduplicated=False)
+
+    def memory_search(self, request: MemorySearchRequest) -> MemorySearchResponse:
+        self._check("memory_search")
+        hits = [{"memory": m, "score": 1.0} for m in self.memories if request.query in m.content]
+        return MemorySearchResponse.model_validate({"hits": hits[: request.top_k]})
+
+    def memory_list(self, offset: int = 0, limit: int = 100,
+                    memory_type: object = None) -> MemoryListResponse:
+        self._check("memory_list")
+        return MemoryListResponse(memories=self.memories[offset:offset + limit],
+                                  total=len(self.memories))
+
+    def memory_export(self) -> str:
+        self._check("memory_export")
+        return "".join(m.model_dump_json() + "\n" for m in self.memories)
+
+    def memory_import(self, jsonl: str) -> MemoryImportResponse:
+        self._check("memory_import")
+        lines = [MemoryRecord.model_validate_json(x) for x in jsonl.splitlines() if x.strip()]
+        self.memories.extend(lines)
+        return MemoryImportResponse(imported=len(lines), deduplicated=0)
+
+
+class StandInAgents:
+    """The agent factory: one stand-in per VM name, kept so tests can inspect or break it."""
+
+    def __init__(self) -> None:
+        self.made: dict[str, StandInAgent] = {}
+        self.broken = False  # every agent, present and future
+
+    def __call__(self, record: VMRecord) -> StandInAgent:  # the AgentFactory seam
+        agent = self.made.setdefault(record.name, StandInAgent(record.name))
+        agent.broken = self.broken or agent.broken
+        return agent
+
+    def break_all(self, broken: bool = True) -> None:
+        self.broken = broken
+        for agent in self.made.values():
+            agent.broken = broken
+
+
+class IdleSettler:
+    """Settles nothing on its own: tests call ``host.swap.settle()`` when they mean it."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def settle_later(self) -> None:
+        self.asked += 1
+
+
+class FaultInjected(Exception):
+    """Raised at the fault point a test chose (in place of the process being killed)."""
+
+
+class RaiseAt:
+    """The fault hook: raise :class:`FaultInjected` when ``point`` is reached."""
+
+    def __init__(self, point: str | None = None) -> None:
+        self.point = point
+        self.reached: list[str] = []
+
+    def __call__(self, point: str) -> None:
+        self.reached.append(point)
+        if point == self.point:
+            raise FaultInjected(point)
+
+
+class ScriptedMeter:
+    """The budget meter: each QEMU process (running or paused) holds ``rss`` MiB against
+    ``limit`` (the test driver's domains have no QEMU to measure)."""
+
+    def __init__(self, hypervisor: Callable[[], Hypervisor], limit: int = 6144,
+                 rss: int = 0) -> None:
+        self._hypervisor = hypervisor
+        self.limit = limit
+        self.rss = rss
+
+    def set(self, limit: int, rss: int) -> None:
+        self.limit, self.rss = limit, rss
+
+    def __call__(self, records: list[VMRecord]) -> BudgetView:
+        hv = self._hypervisor()
+        return BudgetView(self.limit, {r.name: self.rss for r in records
+                                       if hv.is_active(r.domain_name)})
+
+
+def fake_host(settings: Settings, hypervisor: Hypervisor | None = None,
+              faults: RaiseAt | None = None) -> Host:
+    """A host over ``settings`` with the stand-ins plugged into every seam."""
+    holder: list[Host] = []
+    meter = ScriptedMeter(lambda: holder[0].hypervisor(), settings.memory_budget_mib)
+    host = Host(settings, hypervisor=hypervisor, agents=StandInAgents(),  # type: ignore[arg-type]
+                settler=IdleSettler(), faults=faults or RaiseAt(), meter=meter)
+    holder.append(host)
+    return host
+
+
+def meter_of(host: Host) -> ScriptedMeter:
+    meter = host.lifecycle.meter
+    assert isinstance(meter, ScriptedMeter)
+    return meter
+
+
+def agents_of(host: Host) -> StandInAgents:
+    agents = host.vms.agent
+    assert isinstance(agents, StandInAgents)
+    return agents
+
+
+def settler_of(host: Host) -> IdleSettler:
+    settler = host.swap.settler
+    assert isinstance(settler, IdleSettler)
+    return settler
+
+
+__all__ = [
+    "FaultInjected",
+    "IdleSettler",
+    "RaiseAt",
+    "ScriptedMeter",
+    "StandInAgent",
+    "StandInAgents",
+    "agents_of",
+    "fake_host",
+    "meter_of",
+    "settler_of",
+]
