@@ -2,7 +2,7 @@
 
 ``somnus serve`` runs it; ``create_app`` builds it. Routes call ``VMService``,
 ``SwapEngine``, ``ChatService``, the image catalog and builder, and
-``orchestrator.fleet`` exactly as the CLI does, so no logic lives here: only
+``orchestrator.views`` exactly as the CLI does, so no logic lives here: only
 HTTP, authentication, long operations in worker threads, and server-sent events.
 """
 

@@ -22,7 +22,7 @@ from cli.project import project_app
 from cli.serve import api_app, serve
 from cli.session import session_app
 from cli.snapshot import snapshot_app
-from cli.swap import activate, status
+from cli.swap import activate, recover, status
 from cli.vm import vm_app
 from core.config import load_settings
 from core.errors import SomnusError
@@ -37,6 +37,7 @@ app.add_typer(project_app, name="project")
 app.command()(demo)
 app.command()(activate)
 app.command()(status)
+app.command()(recover)
 app.command()(chat)
 app.add_typer(memory_app, name="memory")
 app.add_typer(prompt_app, name="prompt")

@@ -35,3 +35,15 @@ def status(as_json: JsonFlag = False) -> None:
     for orphan in view.orphans:
         err.print(f"[yellow]orphan domain[/yellow] {orphan.domain_name}: {orphan.reason} "
                   "('somnus vm prune' removes it)", highlight=False)
+
+
+def recover(as_json: JsonFlag = False) -> None:
+    """Finish or roll back swaps a killed command left open, and reconcile with libvirt.
+
+    Every command that changes something does this first; reads never do.
+    """
+    notes = host().swap.recover()
+    if as_json:
+        emit_json({"changes": notes})
+        return
+    out.print("\n".join(notes) if notes else "nothing to recover")

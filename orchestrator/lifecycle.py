@@ -43,7 +43,8 @@ ALLOWED: dict[VMState, frozenset[VMState]] = {
     S.DELETED: frozenset(),
 }
 # Deleting starts by recording the intent, so a delete killed midway is finished later.
-ALLOWED = {state: targets | {S.DELETED} for state, targets in ALLOWED.items()}
+ALLOWED = {state: targets if state is S.DELETED else targets | {S.DELETED}
+           for state, targets in ALLOWED.items()}
 # States a VM rests in between commands; the others are mid-operation.
 SETTLED_STATES = frozenset({S.RUNNING, S.STOPPED, S.PAUSED, S.SAVED, S.ERROR})
 RECONCILED = "reconcile with libvirt"
@@ -237,8 +238,13 @@ class Lifecycle:
 
     def stop(self, record: VMRecord, reason: str, force: bool = False,
              timeout_s: float = 60.0) -> bool:
-        """Shut down (ACPI, then power off); True when the guest shut down cleanly."""
+        """Shut down (ACPI, then power off); True when the guest shut down cleanly.
+
+        A saved VM's save is dropped: stopped means its next start boots cold.
+        """
         clean = self.hv.stop(record.domain_name, timeout_s=timeout_s, force=force)
+        if self.hv.has_managed_save(record.domain_name):
+            self.hv.remove_managed_save(record.domain_name)
         self._move(record, S.STOPPED, reason if clean else f"{reason} (powered off)")
         return clean
 
@@ -262,6 +268,12 @@ class Lifecycle:
         state = self.hv.state(record.domain_name)
         self._move(record, state, f"reverted to snapshot '{snapshot}'")
         return state
+
+    def forget_domain(self, domain_name: str) -> None:
+        """Power off and undefine a domain no VM record owns (an orphan): no state to move."""
+        if self.store.find_vm_by_domain(domain_name) is not None:
+            raise Conflict(f"domain '{domain_name}' belongs to a VM: delete the VM instead")
+        self.hv.undefine(domain_name)
 
     def destroy(self, record: VMRecord, files: Path, reason: str = "deleted") -> None:
         """Power off and undefine the domain (save and snapshot metadata too), remove the

@@ -53,6 +53,10 @@ class Store(SQLiteStore):
         with self.session() as s:
             return s.exec(select(VMRecord).where(VMRecord.name == name)).first()
 
+    def find_vm_by_domain(self, domain_name: str) -> VMRecord | None:
+        with self.session() as s:
+            return s.exec(select(VMRecord).where(VMRecord.domain_name == domain_name)).first()
+
     def get_vm(self, name: str) -> VMRecord:
         record = self.find_vm(name)
         if record is None:

@@ -239,7 +239,7 @@ class VMService:
         timings: dict[str, float] = {}
         started = time.monotonic()
         with self.changing():
-            image = self.check_new(name, image_ref)
+            image = self.check_new(name, image_ref, memory_mib, vcpus)
             disks.require_free_space(self.settings.home, self.settings.min_free_disk_mib)
             ssh_port, agent_port = allocate_ports(
                 2, self.settings.port_range_start, self.settings.port_range_end,
@@ -428,7 +428,7 @@ class VMService:
             still = {o.domain_name for o in self.orphans()}
             for orphan in orphans:
                 if orphan.domain_name in still:
-                    self.hv.undefine(orphan.domain_name)
+                    self.lifecycle.forget_domain(orphan.domain_name)
                     removed.append(orphan.domain_name)
         return removed
 

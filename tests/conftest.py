@@ -84,3 +84,16 @@ def service(host: Host) -> VMService:
 def agents(host: Host) -> StandInAgents:
     """The stand-in agents of ``host`` (one per VM, made on first use)."""
     return agents_of(host)
+
+
+@pytest.fixture
+def fresh_cli_host() -> Iterator[None]:
+    """The CLI keeps one host per process (``cli.common.host``); in-process CLI tests get
+    their own, built from this test's environment and closed afterwards."""
+    from cli import common
+
+    common.host.cache_clear()
+    yield
+    if common.host.cache_info().currsize:
+        common.host().close()
+    common.host.cache_clear()

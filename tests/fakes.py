@@ -17,6 +17,7 @@ from guest_agent.protocol import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     HealthResponse,
+    InfoResponse,
     MemoryAddResponse,
     MemoryCreate,
     MemoryImportResponse,
@@ -24,6 +25,7 @@ from guest_agent.protocol import (
     MemoryRecord,
     MemorySearchRequest,
     MemorySearchResponse,
+    Subsystem,
 )
 from orchestrator.budget import BudgetView
 from orchestrator.host import Host
@@ -62,6 +64,12 @@ class StandInAgent:
 
     def flush(self, timeout_s: float = 10.0) -> None:
         self._check("flush")
+
+    def info(self, timeout_s: float = 5.0) -> InfoResponse:
+        self._check("info")
+        return InfoResponse(vm_name=self.name, subsystem=Subsystem.CHAT, hostname=self.name,
+                            kernel="stand-in", python="3", agent_version="t", packages={},
+                            models=[])
 
     def sync_clock(self, timeout_s: float = 5.0) -> None:
         self._check("clock")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from orchestrator.fleet import ErrorView, FleetView, VMDetail
 
 from api.context import Ctx
 from api.models import (

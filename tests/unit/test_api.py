@@ -23,137 +23,29 @@ from api.routes import ROUTERS
 from core.config import Settings
 from core.errors import GuestError
 from guest_agent.protocol import (
-    AgentStatus,
     ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatCompletionResponse,
-    HealthResponse,
-    MemoryAddResponse,
-    MemoryCreate,
-    MemoryImportResponse,
-    MemoryListResponse,
-    MemoryRecord,
-    MemorySearchRequest,
-    MemorySearchResponse,
 )
 from images import builder
 from images.catalog import ImageManifest
 from orchestrator import errors_log
-from orchestrator import swap as swap_module
+from orchestrator.host import Host
+from orchestrator.locking import HomeLock
 from orchestrator.models import VMRecord
 from orchestrator.vms import VMService
+from tests.fakes import StandInAgent, StandInAgents
 
-# -- a stand-in agent: the test driver boots no guest ----------------------------------------
-
-_USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-_TIMINGS = {"prompt_n": 3, "prompt_ms": 1.0, "predicted_n": 2, "predicted_ms": 1.0,
-            "predicted_per_second": 2000.0}
-_REPORT = {"strategy": "prompt_manager", "role": None, "layers": [], "truncated": [],
-           "context_window": {"max_tokens": 1024, "current_tokens": 5,
-                              "reserved_output_tokens": 16, "available_tokens": 1003,
-                              "utilization_percent": 0.5, "system_tokens": 0, "user_tokens": 3,
-                              "layer_tokens": {}}}
-
-
-class StandInAgent:
-    """Answers like a guest agent; ``broken`` makes every call fail as a dead guest would."""
-
-    broken = False
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.memories: list[MemoryRecord] = []
-
-    def _check(self) -> None:
-        if StandInAgent.broken:
-            raise GuestError(f"agent of '{self.name}' unreachable")
-
-    def health(self, timeout_s: float = 5.0) -> HealthResponse:
-        self._check()
-        return HealthResponse(status=AgentStatus.OK, vm_name=self.name, agent_version="t",
-                              uptime_s=1.0)
-
-    def flush(self, timeout_s: float = 10.0) -> None:
-        self._check()
-
-    def sync_clock(self, timeout_s: float = 5.0) -> None:
-        self._check()
-
-    def _answer(self, request: ChatCompletionRequest) -> str:
-        return f"{self.name} heard: {request.messages[-1].content}"
-
-    def chat(self, request: ChatCompletionRequest) -> ChatCompletionResponse:
-        self._check()
-        return ChatCompletionResponse.model_validate({
-            "id": "c1", "created": 1, "model": "stand-in", "usage": _USAGE, "timings": _TIMINGS,
-            "somnus": _REPORT, "choices": [{"message": {"role": "assistant",
-                                                        "content": self._answer(request)},
-                                            "finish_reason": "stop"}]})
-
-    def chat_stream(self, request: ChatCompletionRequest) -> Iterator[ChatCompletionChunk]:
-        self._check()
-        base = {"id": "c1", "created": 1, "model": "stand-in"}
-        yield ChatCompletionChunk.model_validate(
-            {**base, "choices": [{"delta": {"role": "assistant"}}]})
-        for word in self._answer(request).split(" "):
-            yield ChatCompletionChunk.model_validate(
-                {**base, "choices": [{"delta": {"content": word + " "}}]})
-        yield ChatCompletionChunk.model_validate(
-            {**base, "choices": [{"delta": {}, "finish_reason": "stop"}], "usage": _USAGE,
-             "timings": _TIMINGS, "somnus": _REPORT})
-
-    def memory_add(self, item: MemoryCreate) -> MemoryAddResponse:
-        self._check()
-        record = MemoryRecord(**item.model_dump(), memory_id=f"m{len(self.memories)}",
-                              content_hash="h", created_at=1.0, last_accessed=1.0)
-        self.memories.append(record)
-        return MemoryAddResponse(memory=record, deduplicated=False)
-
-    def memory_search(self, request: MemorySearchRequest) -> MemorySearchResponse:
-        self._check()
-        hits = [{"memory": m, "score": 1.0} for m in self.memories if request.query in m.content]
-        return MemorySearchResponse.model_validate({"hits": hits[: request.top_k]})
-
-    def memory_list(self, offset: int = 0, limit: int = 100,
-                    memory_type: object = None) -> MemoryListResponse:
-        self._check()
-        return MemoryListResponse(memories=self.memories[offset:offset + limit],
-                                  total=len(self.memories))
-
-    def memory_export(self) -> str:
-        self._check()
-        return "".join(m.model_dump_json() + "\n" for m in self.memories)
-
-    def memory_import(self, jsonl: str) -> MemoryImportResponse:
-        self._check()
-        lines = [MemoryRecord.model_validate_json(x) for x in jsonl.splitlines() if x.strip()]
-        self.memories.extend(lines)
-        return MemoryImportResponse(imported=len(lines), deduplicated=0)
-
-
-@pytest.fixture
-def agents(monkeypatch: pytest.MonkeyPatch) -> dict[str, StandInAgent]:
-    """Every VMService (the API makes one per request) gets the stand-ins."""
-    made: dict[str, StandInAgent] = {}
-
-    def agent_for(_svc: VMService, record: VMRecord) -> StandInAgent:
-        return made.setdefault(record.name, StandInAgent(record.name))
-
-    monkeypatch.setattr(VMService, "agent", agent_for)
-    monkeypatch.setattr(StandInAgent, "broken", False)
-    return made
+# The stand-in agents (tests/fakes.py) answer for every VM: the test driver boots no guest.
 
 
 # -- the app -------------------------------------------------------------------------------
 
 
 @pytest.fixture
-def api_app(settings: Settings, service: VMService, image: ImageManifest,
-            monkeypatch: pytest.MonkeyPatch) -> Iterator[FastAPI]:
+def api_app(settings: Settings, host: Host, image: ImageManifest) -> Iterator[FastAPI]:
     for stage in ("domain", "ssh", "cloud_init", "agent"):
         setattr(settings, f"timeout_{stage}_s", 1.0)  # no guest ever answers here
-    monkeypatch.setattr(swap_module, "spawn_settle_worker", lambda: None)
-    app = create_app(settings, hypervisor=service.hv)
+    app = create_app(host=host)
     yield app
     assert app.state.ctx.ops.wait_idle(30), "operations still running after the test"
 
@@ -313,7 +205,7 @@ def test_snapshots_create_list_revert_delete(api: TestClient) -> None:
     assert_error(api.delete("/vms/chat/snapshots/before"), 404, "NotFound")
 
 
-def test_activate_and_status(api: TestClient, agents: dict[str, StandInAgent]) -> None:
+def test_activate_and_status(api: TestClient, agents: StandInAgents) -> None:
     create(api, "chat")
     research = api.post("/vms", json={"name": "research", "subsystem": "research",
                                       "memory_mib": 256, "wait": False})
@@ -365,7 +257,8 @@ def test_a_second_operation_on_a_busy_vm_is_refused(
     api.post("/vms/chat/stop", json={"force": True})
     release = []
 
-    def slow_wait_ready(self: VMService, name: str, progress: Any = None) -> dict[str, float]:
+    def slow_wait_ready(self: VMService, record: VMRecord,
+                        progress: Any = None) -> dict[str, float]:
         while not release:
             time.sleep(0.01)
         return {}
@@ -479,9 +372,10 @@ def test_error_records_newest_first_and_scoped_to_the_vm(
 # -- chat and memory ---------------------------------------------------------------------
 
 
-def test_chat_whole_and_streamed(api: TestClient, agents: dict[str, StandInAgent]) -> None:
-    create(api, "chat")
+def test_chat_whole_and_streamed(api: TestClient, agents: StandInAgents) -> None:
     assert_error(api.post("/chat", json={"message": "hi"}), 409, "Conflict")  # no foreground
+    create(api, "chat")  # a new VM is the foreground
+    assert api.post("/chat", json={"message": "hi"}).json()["vm"] == "chat"
     reply = api.post("/vms/chat/chat", json={"message": "hello there", "max_tokens": 8})
     assert reply.status_code == 200, reply.text
     assert reply.json()["vm"] == "chat"
@@ -500,12 +394,12 @@ def test_chat_whole_and_streamed(api: TestClient, agents: dict[str, StandInAgent
 
 
 def test_chat_failures_before_and_during_the_stream(
-    api: TestClient, agents: dict[str, StandInAgent], monkeypatch: pytest.MonkeyPatch
+    api: TestClient, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert_error(api.post("/vms/nope/chat", json={"message": "hi", "stream": True}),
                  404, "NotFound")
     create(api, "chat")
-    monkeypatch.setattr(StandInAgent, "broken", True)
+    agents.break_all()
     assert_error(api.post("/vms/chat/chat", json={"message": "hi", "stream": True}),
                  502, "GuestError")  # failed before the first event: a plain error
 
@@ -515,7 +409,7 @@ def test_chat_failures_before_and_during_the_stream(
             {"id": "c", "created": 1, "model": "m", "choices": [{"delta": {"role": "assistant"}}]})
         raise GuestError("agent chat stream broke: connection reset")
 
-    monkeypatch.setattr(StandInAgent, "broken", False)
+    agents.break_all(False)
     monkeypatch.setattr(StandInAgent, "chat_stream", breaks_midway)
     with api.stream("POST", "/vms/chat/chat", json={"message": "hi", "stream": True}) as stream:
         text = "".join(stream.iter_text())
@@ -525,7 +419,7 @@ def test_chat_failures_before_and_during_the_stream(
 
 
 def test_memory_add_search_list_export_import(
-    api: TestClient, agents: dict[str, StandInAgent]
+    api: TestClient, agents: StandInAgents
 ) -> None:
     create(api, "chat")
     added = api.post("/vms/chat/memory", json={"content": "my favourite colour is teal",
@@ -568,11 +462,11 @@ def test_images_list_and_build_operation(
 
 
 def test_listing_and_status_answer_while_an_operation_holds_the_lock(
-    api: TestClient, settings: Settings, service: VMService
+    api: TestClient, settings: Settings
 ) -> None:
     create(api, "chat")
-    other = VMService(settings, service.hv)  # as another process mid-swap would
-    with other.locked():
+    other = HomeLock(settings.home / ".lock")  # as another process mid-swap would hold it
+    with other():
         started = time.monotonic()
         assert api.get("/vms").json()["total"] == 1
         assert api.get("/status").json()["vms"][0]["name"] == "chat"

@@ -17,7 +17,7 @@ from schemathesis import GenerationMode
 from api.routes import ROUTERS
 from images import builder
 from images.catalog import ImageManifest
-from tests.unit.test_api import agents, api_app, auth  # noqa: F401  (fixtures)
+from tests.unit.test_api import api_app, auth  # noqa: F401  (fixtures)
 
 MAX_EXAMPLES = 5
 # Memory import takes JSON lines: text, as far as generated bodies go.

@@ -12,7 +12,6 @@ from fastapi.testclient import TestClient
 
 from tests.unit.test_api import (  # noqa: F401  (fixtures)
     _protected_requests,
-    agents,
     api,
     api_app,
     assert_error,

@@ -17,7 +17,7 @@ Cli = Callable[..., str]
 
 
 @pytest.fixture(autouse=True)
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_cli_host: None) -> Path:
     monkeypatch.setenv("SOMNUS_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
+from sqlalchemy import Engine
 from sqlmodel import Session, func, select
 
 from core.config import Settings
@@ -21,7 +22,9 @@ from orchestrator.devsessions import (
     DevSessionStatus,
     DevSessionStore,
 )
+from orchestrator.database import open_database
 from orchestrator.devsessions.tables import DevSessionEventRow
+from tests.fakes import fake_host
 from tests.unit.test_devsessions_diffs import apply_patch
 
 E = DevSessionEventType
@@ -42,11 +45,17 @@ def db(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_manager(db: Path) -> Callable[..., DevSessionManager]:
-    def make(**options: Any) -> DevSessionManager:
-        return DevSessionManager(DevSessionStore(db), **options)
+def make_manager(db: Path) -> Iterator[Callable[..., DevSessionManager]]:
+    """Each manager has its own engine on the one file, as a separate process would."""
+    engines: list[Engine] = []
 
-    return make
+    def make(**options: Any) -> DevSessionManager:
+        engines.append(open_database(db))
+        return DevSessionManager(DevSessionStore(engines[-1]), **options)
+
+    yield make
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture
@@ -458,16 +467,22 @@ def test_reads_refresh_recency_and_evictions_are_logged_with_ids(
     assert (evicted.__dict__["dev_session_id"], evicted.__dict__["user_id"]) == (str(b), "bob")
 
 
-def test_manager_from_settings_uses_the_shared_db_and_env_limits(
+def test_host_sessions_use_the_shared_db_and_env_limits(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOMNUS_DEVSESSION_CACHE_MAX_SESSIONS", "3")
     monkeypatch.setenv("SOMNUS_DEVSESSION_CACHE_IDLE_S", "5")
     settings = Settings(home=tmp_path / "home")
-    m = DevSessionManager.from_settings(settings)
-    assert (m.cache.max_sessions, m.cache.idle_seconds) == (3, 5.0)
-    sid = m.create_session("u").dev_session_id
+    with fake_host(settings) as host:
+        m = host.sessions()
+        assert m.store.engine is host.engine
+        assert (m.cache.max_sessions, m.cache.idle_seconds) == (3, 5.0)
+        sid = m.create_session("u").dev_session_id
     assert settings.db_path.exists()
-    assert DevSessionManager(DevSessionStore(settings.db_path)).get_session(sid).user_id == "u"
+    engine = open_database(settings.db_path)
+    try:
+        assert DevSessionManager(DevSessionStore(engine)).get_session(sid).user_id == "u"
+    finally:
+        engine.dispose()
 
 
 def test_cache_serves_reads_and_callers_cannot_corrupt_it(

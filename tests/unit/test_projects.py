@@ -19,7 +19,9 @@ import pytest
 from core.config import Settings
 from core.errors import AlreadyExists, Conflict, NotFound
 from guest_agent.protocol import Subsystem
+from orchestrator.database import open_database
 from orchestrator.devsessions import DevSessionManager, DevSessionStatus
+from orchestrator.host import Host
 from orchestrator.models import VMState, utcnow
 from orchestrator.projects import (
     CommitKind,
@@ -34,17 +36,26 @@ from orchestrator.projects import (
 from orchestrator.projects.housekeeping import TEMP_PREFIX
 from orchestrator.ssh import SSHTarget
 from orchestrator.vms import VMService
+from tests.fakes import StandInAgents
 from tests.unit.test_projects_git import LocalRemote, fence, git
 
 
 def test_project_rows_and_owned_commits_persist(settings: Settings) -> None:
-    store = ProjectStore(settings.db_path)
+    engine, other = open_database(settings.db_path), open_database(settings.db_path)
+    try:
+        check_rows_persist(ProjectStore(engine), ProjectStore(other))
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
+def check_rows_persist(store: ProjectStore, again: ProjectStore) -> None:
     store.add(ProjectRow(name="demo", vm_name="demo", source="/src/demo"))
     store.add_commits([ProjectCommitRow(project="demo", sha=c * 40, kind=CommitKind.AI,
                                         subject=f"Add {c}") for c in "abc"])
     store.update("demo", pending_note="undone: x")
 
-    again = ProjectStore(settings.db_path)  # a new process sees the same
+    # ``again`` has its own engine on the file: a new process sees the same.
     row = again.get("demo")
     assert (row.vm_name, row.source, row.archived, row.branch) == ("demo", "/src/demo", False,
                                                                    "main")
@@ -129,13 +140,15 @@ def test_compaction_keeps_the_backing_file_and_the_data(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sessions(settings: Settings) -> DevSessionManager:
-    return DevSessionManager.from_settings(settings)
+def sessions(host: Host) -> DevSessionManager:
+    return host.sessions()
 
 
 @pytest.fixture
-def projects(service: VMService, sessions: DevSessionManager, tmp_path: Path) -> ProjectService:
-    return ProjectService(service, sessions, memory_wait_s=0,
+def projects(host: Host, sessions: DevSessionManager, agents: StandInAgents,
+             tmp_path: Path) -> ProjectService:
+    agents.break_all()  # the agent is unreachable (see the module docstring)
+    return ProjectService(host.vms, host.swap, host.project_store, sessions, memory_wait_s=0,
                           remote=lambda r: LocalRemote(str(tmp_path / "guests" / r.name)))
 
 
@@ -282,7 +295,7 @@ def test_ssh_config_and_info_for_a_project(service: VMService, projects: Project
 
 def test_cli_lists_reports_and_refuses_in_one_line(
         settings: Settings, sessions: DevSessionManager, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], fresh_cli_host: None) -> None:
     import sys
 
     from cli import main

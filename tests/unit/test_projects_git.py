@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +20,13 @@ from core.config import Settings
 from core.errors import Conflict, GuestError, InvalidInput
 from guest_agent.protocol import AgentStatus, HealthResponse, MemoryAddResponse, MemoryCreate
 from orchestrator.agent_client import AgentClient
-from orchestrator.devsessions import CommitStep, DevSessionEventType, DevSessionManager
+from orchestrator.database import open_database
+from orchestrator.devsessions import (
+    CommitStep,
+    DevSessionEventType,
+    DevSessionManager,
+    DevSessionStore,
+)
 from orchestrator.projects import gitrepo
 from orchestrator.projects.memories import repo_memories, session_memories, store
 from orchestrator.projects.remote import (
@@ -64,8 +71,10 @@ def fence(path: str, body: str, lang: str = "python") -> str:
 
 
 @pytest.fixture
-def manager(tmp_path: Path) -> DevSessionManager:
-    return DevSessionManager.from_settings(Settings(home=tmp_path / "home"))
+def manager(tmp_path: Path) -> Iterator[DevSessionManager]:
+    engine = open_database(Settings(home=tmp_path / "home").db_path)
+    yield DevSessionManager(DevSessionStore(engine))
+    engine.dispose()
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from core.config import Settings
 from guest_agent.protocol import Subsystem
 from images.builder import build_image
 from images.catalog import ImageManifest
+from orchestrator.host import Host
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.vms import VMService
 
@@ -59,8 +60,18 @@ def image(settings: Settings) -> ImageManifest:
 
 
 @pytest.fixture(scope="session")
-def service(settings: Settings) -> VMService:
-    return VMService(settings)
+def host(settings: Settings) -> Iterator[Host]:
+    """The real composition root (real agents, libvirt, SQLite); it settles in-process, so
+    a test sees the previous VM saved as soon as a swap returns. CLI commands the tests
+    run settle in their detached worker, as they do for a user."""
+    built = Host(settings, settle_inline=True)
+    yield built
+    built.close()
+
+
+@pytest.fixture(scope="session")
+def service(host: Host) -> VMService:
+    return host.vms
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,10 @@ import pytest
 from core.errors import AlreadyExists, InvalidInput, NotFound
 from guest_agent.protocol import AgentStatus, HealthResponse, InfoResponse, Subsystem
 from images.catalog import ImageManifest
+from orchestrator.host import Host
 from orchestrator.models import VMState
 from orchestrator.vms import VMService
+from tests.vm.sampling import running_vms, sampling
 
 pytestmark = pytest.mark.vm
 
@@ -34,7 +36,7 @@ def somnus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 def test_vm_is_running_and_listed(booted_vm: str, vm_env: dict[str, str]) -> None:
     result = somnus(vm_env, "vm", "list", "--json")
     assert result.returncode == 0, result.stderr
-    (vm,) = json.loads(result.stdout)
+    (vm,) = json.loads(result.stdout)["vms"]  # the same document as GET /vms
     assert vm["name"] == booted_vm and vm["state"] == "running" and vm["subsystem"] == "chat"
     assert vm["accel"] in ("tcg", "kvm")
 
@@ -126,6 +128,26 @@ def test_bad_input_is_one_line_and_creates_nothing(booted_vm: str, service: VMSe
     assert bad.returncode == 2 and "invalid VM name" in bad.stderr
     missing = somnus(vm_env, "vm", "start", "ghost")
     assert missing.returncode == 3 and "no VM named 'ghost'" in missing.stderr
+    # 976 GiB on a 6 GiB budget: refused before anything is made.
+    huge = somnus(vm_env, "vm", "create", "huge", "--subsystem", "chat", "--memory", "999999")
+    assert huge.returncode == 7 and huge.stderr.count("\n") == 1, huge.stderr
+    assert "memory budget" in huge.stderr and "--memory" in huge.stderr
+    assert service.store.find_vm("huge") is None and not service.paths("huge").root.exists()
+    assert not service.hv.exists(service.domain_name("huge"))
+
+
+def test_creating_a_vm_moves_the_running_one_out(booted_vm: str, host: Host) -> None:
+    service = host.vms
+    assert running_vms(service) == {booted_vm}
+    with sampling(lambda: running_vms(service)) as samples:
+        service.create("second", Subsystem.CHAT, memory_mib=512)
+    try:
+        assert len(samples) > 20 and all(len(s) <= 1 for s in samples), samples
+        assert {booted_vm, "second"} <= set().union(*samples)
+        assert host.store.foreground() == "second"
+        assert service.store.get_vm(booted_vm).state is VMState.SAVED  # settled in-process
+    finally:
+        service.delete("second")
 
 
 def test_stop_then_start_comes_back_ready(booted_vm: str, service: VMService) -> None:
@@ -146,9 +168,11 @@ def test_delete_leaves_no_file_domain_or_record(booted_vm: str, service: VMServi
     record = service.store.get_vm(booted_vm)
     root = service.paths(booted_vm).root
     assert root.exists()
-    result = somnus(vm_env, "vm", "delete", booted_vm)
+    unconfirmed = somnus(vm_env, "vm", "delete", booted_vm)  # no one answers the question
+    assert unconfirmed.returncode != 0 and root.exists()
+    result = somnus(vm_env, "vm", "delete", booted_vm, "--yes")
     assert result.returncode == 0, result.stderr
     assert not root.exists()
     assert not service.hv.exists(record.domain_name)
     assert service.store.find_vm(booted_vm) is None
-    assert json.loads(somnus(vm_env, "vm", "list", "--json").stdout) == []
+    assert json.loads(somnus(vm_env, "vm", "list", "--json").stdout)["vms"] == []

@@ -19,8 +19,8 @@ import pytest
 from core.config import Settings
 from guest_agent.protocol import MemoryRecord, MemoryType
 from images.catalog import ImageManifest
-from orchestrator.devsessions import DevSessionManager
-from orchestrator.projects import REPO_DIR, ProjectService
+from orchestrator.host import Host
+from orchestrator.projects import REPO_DIR
 from orchestrator.vms import VMService
 from tests.vm.test_chat import somnus
 
@@ -55,7 +55,7 @@ def source_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def project(vm_env: dict[str, str], service: VMService, settings: Settings,
+def project(vm_env: dict[str, str], host: Host, settings: Settings,
             image: ImageManifest, source_repo: Path) -> Iterator[dict[str, object]]:
     """The module's one project VM, created from the local repository through the CLI."""
     try:
@@ -64,15 +64,15 @@ def project(vm_env: dict[str, str], service: VMService, settings: Settings,
         assert created.returncode == 0, created.stderr
         yield json.loads(created.stdout)
     finally:
-        projects = ProjectService(service)
+        projects = host.projects()
         if projects.store.find(PROJECT) is not None:
             projects.delete(PROJECT)
 
 
 @pytest.fixture(scope="module")
-def session_id(settings: Settings) -> UUID:
+def session_id(host: Host) -> UUID:
     """A dev session with several revisions of two files, one of them a rollback."""
-    m = DevSessionManager.from_settings(settings)
+    m = host.sessions()
     sid = m.create_session("ann", title="marmots").dev_session_id
     for prompt, path, body in [
         ("write a counter", "count.py", "def count(xs):\n    return len(xs)\n"),
@@ -98,9 +98,10 @@ def test_create_imports_the_repo_and_stores_its_readme(
 
 
 def test_promote_turns_the_session_into_commits_in_order(
-        project: dict[str, object], service: VMService, vm_env: dict[str, str],
-        settings: Settings, session_id: UUID) -> None:
-    plan = DevSessionManager.from_settings(settings).commit_plan(session_id)
+        project: dict[str, object], host: Host, vm_env: dict[str, str],
+        session_id: UUID) -> None:
+    service = host.vms
+    plan = host.sessions().commit_plan(session_id)
     promoted = somnus(vm_env, "session", "promote", str(session_id)[:8], "--project", PROJECT,
                       "--json")
     assert promoted.returncode == 0, promoted.stderr
@@ -120,7 +121,7 @@ def test_promote_turns_the_session_into_commits_in_order(
     clean = somnus(vm_env, "project", "ssh", PROJECT, "--", "git", "status", "--porcelain")
     assert clean.returncode == 0 and clean.stdout == "", clean.stderr
 
-    session = DevSessionManager.from_settings(settings).get_session(session_id)
+    session = host.sessions().get_session(session_id)
     assert session.status == "promoted" and session.promoted_to_project_id == PROJECT
     assert any("make it fancy" in m.content for m in memories(service, MemoryType.DEV_SESSION))
     code = memories(service, MemoryType.CODE_SNIPPET)

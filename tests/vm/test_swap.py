@@ -10,11 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TypeVar
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,36 +19,57 @@ from core.config import SwapPolicy
 from guest_agent.protocol import Subsystem
 from images.catalog import ImageManifest
 from orchestrator.budget import qemu_rss_mib
+from orchestrator.host import Host
 from orchestrator.models import SwapOutcome, VMState
-from orchestrator.swap import FAULT_ENV, SwapEngine
+from orchestrator.seams import FAULT_ENV
+from orchestrator.swap import SwapEngine
+from orchestrator.views import status_view
 from orchestrator.vms import VMService
+from tests.vm.sampling import running_vms, sampling
 
 pytestmark = pytest.mark.vm
 
-T = TypeVar("T")
 A, B = "swap-a", "swap-b"
+# Which VMs ran at each 50 ms sample while the pair's project VM was created.
+PROJECT_CREATE_SAMPLES: list[set[str]] = []
 MEMORY_MIB = 768
 
 
+def mark(service: VMService, name: str) -> None:
+    """A marker file on disk, and a process that only survives a restore from RAM."""
+    assert service.run(name, f"echo {name}-data > ~/marker && sync").exit_code == 0
+    service.run(name, "nohup sleep 86400 >/dev/null 2>&1 & echo $! > ~/sleeper.pid")
+
+
 @pytest.fixture(scope="module")
-def pair(service: VMService, image: ImageManifest) -> Iterator[tuple[str, str]]:
-    """Two VMs booted side by side, each with a marker file and a long-lived process."""
-    service.create(A, Subsystem.CHAT, memory_mib=MEMORY_MIB, wait=False)
-    service.create(B, Subsystem.RESEARCH, memory_mib=MEMORY_MIB, wait=False)
-    for name in (A, B):
-        print(name, service.wait_ready(name))
-        marker = f"echo {name}-data > ~/marker && sync"
-        assert service.run(name, marker).exit_code == 0
-        # A process that only survives a restore from RAM, never a cold boot.
-        service.run(name, "nohup sleep 86400 >/dev/null 2>&1 & echo $! > ~/sleeper.pid")
+def pair(host: Host, image: ImageManifest) -> Iterator[tuple[str, str]]:
+    """Two VMs, each with a marker file and a long-lived process. B is an (empty) project
+    made while A runs, so it ends in the foreground: single-active moved A out."""
+    service, projects = host.vms, host.projects()
+    print(A, service.create(A, Subsystem.CHAT, memory_mib=MEMORY_MIB)[1])
+    mark(service, A)
+    with sampling(lambda: running_vms(service)) as samples:
+        projects.create(B, memory_mib=MEMORY_MIB)
+    PROJECT_CREATE_SAMPLES.extend(samples)
+    mark(service, B)
     yield A, B
-    for name in (A, B):
-        if service.store.find_vm(name):
-            service.delete(name)
+    if projects.store.find(B) is not None:
+        projects.delete(B)
+    if service.store.find_vm(A):
+        service.delete(A)
+
+
+def test_project_create_never_runs_two_vms(pair: tuple[str, str], service: VMService) -> None:
+    samples = PROJECT_CREATE_SAMPLES
+    assert len(samples) > 20 and all(len(s) <= 1 for s in samples), samples
+    assert {A, B} & set().union(*samples)  # the samples did see the VMs
+    assert service.store.foreground() == B
 
 
 def engine(service: VMService) -> SwapEngine:
-    return SwapEngine(service)
+    swap = service.foreground
+    assert isinstance(swap, SwapEngine)
+    return swap
 
 
 def running(service: VMService) -> set[str]:
@@ -64,35 +82,15 @@ def memory_kept(service: VMService, name: str) -> bool:
     return result.exit_code == 0 and result.stdout.strip() == f"{name}-data"
 
 
-@contextmanager
-def sampling(sample: Callable[[], T]) -> Iterator[list[T]]:
-    """Call ``sample`` every 50 ms in a thread while the block runs."""
-    samples: list[T] = []
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.is_set():
-            samples.append(sample())
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=loop, daemon=True)
-    thread.start()
-    try:
-        yield samples
-    finally:
-        stop.set()
-        thread.join()
-
-
 def test_single_active_a_b_a_keeps_one_running_and_state_intact(
     service: VMService, pair: tuple[str, str]
 ) -> None:
     swap = engine(service)
-    swap.activate(A, settle_in_background=False)
+    swap.activate(A)
     assert running(service) == {A}
     with sampling(lambda: running(service)) as samples:
-        to_b = swap.activate(B, settle_in_background=False)
-        back = swap.activate(A, settle_in_background=False)
+        to_b = swap.activate(B)
+        back = swap.activate(A)
     assert to_b.path == "restored" and back.path == "restored"
     assert samples and all(len(s) <= 1 for s in samples), samples
     assert service.store.get_vm(B).state is VMState.SAVED
@@ -102,7 +100,7 @@ def test_single_active_a_b_a_keeps_one_running_and_state_intact(
 
 def test_status_reports_foreground_tiers_and_budget(service: VMService,
                                                     pair: tuple[str, str]) -> None:
-    view = engine(service).status()
+    view = status_view(service)
     assert view.foreground == A and view.policy == "single-active"
     tiers = {v.name: v.tier for v in view.vms}
     assert tiers == {A: "foreground", B: "saved"}
@@ -126,7 +124,7 @@ def test_budget_is_never_exceeded_while_swapping(service: VMService,
 
         with sampling(total) as samples:
             for target in (B, A, B, A):
-                swap.activate(target, settle_in_background=False)
+                swap.activate(target)
         peak = max(samples)
         assert peak <= settings.memory_budget_mib, (peak, settings.memory_budget_mib)
         assert memory_kept(service, A)
@@ -147,13 +145,18 @@ def test_killed_mid_swap_the_next_command_reconciles(
         timeout=600,
     )
     assert killed.returncode == -signal.SIGKILL
-    assert service.store.open_swaps() != []  # the ledger shows the interrupted swap
+    open_swaps = [s.seq for s in service.store.open_swaps()]
+    assert open_swaps != []  # the ledger shows the interrupted swap
+    before = {n: service.hv.state(service.domain_name(n)) for n in (A, B)}
 
-    status = subprocess.run(
-        [sys.executable, "-c", "from cli import main; main()", "status", "--json"],
-        env={**os.environ, **vm_env}, capture_output=True, text=True, timeout=600,
-    )
+    status = somnus_cli(vm_env, "status", "--json")
     assert status.returncode == 0, status.stderr
+    # A read recovers nothing: the swap stays open and no VM moved.
+    assert [s.seq for s in service.store.open_swaps()] == open_swaps
+    assert {n: service.hv.state(service.domain_name(n)) for n in (A, B)} == before
+
+    recovered = somnus_cli(vm_env, "recover", "--json")
+    assert recovered.returncode == 0, recovered.stderr
     assert service.store.open_swaps() == []
     last = service.store.swaps(1)[0]
     expected = SwapOutcome.ROLLED_BACK if phase == "from_paused" else SwapOutcome.DONE
@@ -165,11 +168,17 @@ def test_killed_mid_swap_the_next_command_reconciles(
     assert foreground is not None and memory_kept(service, foreground)
 
 
+def somnus_cli(vm_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from cli import main; main()", *args],
+                          env={**os.environ, **vm_env}, capture_output=True, text=True,
+                          timeout=600)
+
+
 def test_corrupt_save_file_falls_back_to_cold_boot_with_data_intact(
     service: VMService, pair: tuple[str, str]
 ) -> None:
     swap = engine(service)
-    swap.activate(A, settle_in_background=False)
+    swap.activate(A)
     domain_b = service.domain_name(B)
     assert service.hv.has_managed_save(domain_b)
     save_file = service.hv.managed_save_path(domain_b)
@@ -177,7 +186,7 @@ def test_corrupt_save_file_falls_back_to_cold_boot_with_data_intact(
         handle.seek(2 << 20)
         handle.write(os.urandom(1 << 20))
     warnings: list[str] = []
-    result = swap.activate(B, progress=warnings.append, settle_in_background=False)
+    result = swap.activate(B, progress=warnings.append)
     assert result.path == "cold-boot-after-bad-save"
     assert any("restore of 'swap-b' failed" in w for w in warnings)
     marker = service.run(B, "cat ~/marker")
@@ -196,10 +205,11 @@ def test_dead_qemu_is_detected_and_restarted(service: VMService,
     while service.hv.is_active(service.domain_name(B)) and time.monotonic() < deadline:
         time.sleep(0.2)
     notes = engine(service).recover()
-    assert notes == [f"{B}: QEMU had died; restarted (cold boot)"]
+    assert notes == [f"{B}: QEMU process died -> error",
+                     f"{B}: QEMU had died; restarted (cold boot)"]
     reasons = [h.reason for h in service.store.history(B)]
     assert "QEMU process died" in reasons and reasons[-1] == "restarted after crash"
-    service.wait_ready(B)
+    service.wait_ready(service.store.get_vm(B))
     assert service.run(B, "cat ~/marker").stdout.strip() == f"{B}-data"
 
 
