@@ -21,6 +21,7 @@ from api.context import VERSION as API_VERSION
 from api.context import ApiContext
 from api.errors import error_response, install_error_handlers, status_name
 from api.models import ErrorBody
+from api.readcache import ReadCache
 from api.routes import ROUTERS
 from core.config import Settings, load_settings
 from orchestrator.host import Host
@@ -120,9 +121,11 @@ def create_app(settings: Settings | None = None, *, host: Host | None = None,
             except libvirt.libvirtError as exc:
                 log.warning("no libvirt events (%s): reads ask libvirt each time", exc)
                 ctx.live = None
+                ctx.reads = ReadCache(ctx.settings.db_path, None)
         yield
         if view is not None:
             view.stop()
+        ctx.reads.close()
         if not ctx.ops.wait_idle(SHUTDOWN_WAIT_S):
             log.warning("shutting down with operations still running")
 

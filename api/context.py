@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from api.auth import TokenCheck, token_path
 from api.operations import OperationRegistry
+from api.readcache import ReadCache
 from core.config import Settings
 from orchestrator import errors_log
 from orchestrator.host import Host
@@ -32,6 +33,7 @@ class ApiContext:
         self.live = live
         self.tokens = TokenCheck(self.settings)
         self.ops = OperationRegistry(on_failure=self.record_failure)
+        self.reads = ReadCache(self.settings.db_path, live)
 
     @property
     def states(self) -> DomainStates | None:

@@ -1,19 +1,21 @@
 """REST API throughput: requests/s and p50/p99 of ``GET /vms`` and ``GET /status``.
 
-A child process serves the real app (uvicorn, one worker, loopback) over a Somnus
-home with 50 VM records whose domains live on libvirt's ``test:///default`` driver
-(30 running, 10 paused, 10 stopped), so every request really reconciles with
-libvirt, reads SQLite and measures the budget. The parent drives a bounded load
-with an async httpx client (a request count and a time limit per endpoint).
-Prints one JSON line. Usage: python -m bench.api [--requests 1000] [--concurrency 8]
+A child process serves the real app as ``somnus serve`` does (uvicorn, one worker,
+loopback, the live view fed by libvirt's events) over a Somnus home with 50 VM records
+whose domains live on libvirt's ``test:///default`` driver (30 running, 10 paused, 10
+stopped). The load comes from Debian's ``wrk`` (C, one thread: not the bottleneck),
+bounded by a time limit per endpoint; a second run changes a domain behind the
+server's back between requests' bursts, so cached answers are shown to follow.
+Prints one JSON line. Usage: python -m bench.api [--seconds 10] [--connections 8]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,8 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from bench.swap import percentile
 
 VM_COUNT = 50
 ENDPOINTS = ("/vms", "/status")
@@ -45,9 +45,9 @@ def populate(home: Path) -> Any:
     """
     from guest_agent.protocol import Subsystem
     from orchestrator import credentials
+    from orchestrator.host import Host
     from orchestrator.hypervisor import Hypervisor
     from orchestrator.models import VMRecord, VMState
-    from orchestrator.host import Host
 
     settings = bench_settings(home)
     host = Host(settings, hypervisor=Hypervisor(settings.libvirt_uri))
@@ -78,42 +78,39 @@ def serve(home: Path, port: int) -> None:
     import uvicorn
 
     from api import create_app
+    from orchestrator.live import start_event_loop
+
+    start_event_loop()  # before the connection that subscribes to events is opened
 
     host = populate(home)
-    app = create_app(host=host, api_host="127.0.0.1")
+    app = create_app(host=host, api_host="127.0.0.1", live=True)
     uvicorn.run(app, host="127.0.0.1",
                 port=port, log_level="warning", access_log=False)
 
 
-async def load(base: str, token: str, path: str, count: int, concurrency: int,
-               limit_s: float) -> dict[str, Any]:
-    """``count`` GETs of ``path`` from ``concurrency`` workers, stopping at ``limit_s``."""
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.monotonic() + limit_s
-    remaining = count
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, limits=limits, timeout=30,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
-        for _ in range(min(20, count)):  # warm-up: connections, caches
-            await client.get(path)
+def wrk(url: str, token: str, seconds: float, connections: int) -> dict[str, Any]:
+    """One bounded ``wrk`` run against ``url``: requests/s, p50/p99 latency, errors."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("bench.api needs wrk: apt-get install wrk")
+    result = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-H", f"Authorization: Bearer {token}", url],
+        capture_output=True, text=True, timeout=seconds + 60, check=True)
+    text = result.stdout
 
-        async def worker() -> None:
-            nonlocal remaining, errors
-            while remaining > 0 and time.monotonic() < deadline:
-                remaining -= 1
-                started = time.perf_counter()
-                response = await client.get(path)
-                latencies.append((time.perf_counter() - started) * 1000)
-                errors += response.status_code != 200
+    def ms(label: str) -> float:
+        match = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        if match is None:
+            raise SystemExit(f"wrk printed no {label}% latency:\n{text}")
+        value, unit = float(match.group(1)), match.group(2)
+        return round(value / 1000 if unit == "us" else value * 1000 if unit == "s" else value, 2)
 
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return {"requests": len(latencies), "errors": errors,
-            "rps": round(len(latencies) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 0.50), 2),
-            "p99_ms": round(percentile(latencies, 0.99), 2)}
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.M)
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    errors = re.search(r"Socket errors:.*", text)
+    return {"rps": float(rps.group(1)) if rps else 0.0, "p50_ms": ms("50"),
+            "p99_ms": ms("99"), "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(0) if errors else None}
 
 
 def free_port() -> int:
@@ -139,9 +136,8 @@ def wait_healthy(base: str, child: subprocess.Popen[bytes], timeout_s: float = 6
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=1000, help="per endpoint")
-    parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=30.0, help="time limit per endpoint")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per endpoint")
+    parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--serve", nargs=2, metavar=("HOME", "PORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -157,18 +153,17 @@ def main() -> None:
                                  env=os.environ.copy())
         try:
             wait_healthy(base, child)
-            listing = httpx.get(base + "/vms", headers={"Authorization": f"Bearer {token}"},
-                                timeout=30).json()
+            auth = {"Authorization": f"Bearer {token}"}
+            listing = httpx.get(base + "/vms", headers=auth, timeout=30).json()
             assert listing["total"] == VM_COUNT, listing
-            results = {path: asyncio.run(load(base, token, path, args.requests,
-                                              args.concurrency, args.seconds))
+            results = {path: wrk(base + path, token, args.seconds, args.connections)
                        for path in ENDPOINTS}
         finally:
             child.terminate()
             child.wait(timeout=30)
     print(json.dumps({"bench": "api", "vms": VM_COUNT, "counts": listing["counts"],
-                      "concurrency": args.concurrency, "server": "uvicorn, 1 worker",
-                      "endpoints": results}))
+                      "connections": args.connections, "load": "wrk, 1 thread",
+                      "server": "uvicorn, 1 worker, live view", "endpoints": results}))
 
 
 if __name__ == "__main__":

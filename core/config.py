@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import Enum, StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -87,9 +88,9 @@ class Settings(BaseSettings):
         return self.cache / "wheels"
 
 
-def _expected(field: str) -> str:
+def _expected(model: type[BaseSettings], field: str) -> str:
     """What a field accepts, in words: its type and its bounds (``an integer >= 512``)."""
-    info = Settings.model_fields[field]
+    info = model.model_fields[field]
     kind = info.annotation
     if isinstance(kind, type) and issubclass(kind, Enum):
         return "one of " + ", ".join(str(m.value) for m in kind)
@@ -101,23 +102,31 @@ def _expected(field: str) -> str:
     return " ".join([noun, " and ".join(bounds)]) if bounds else noun
 
 
-def _bad_settings(exc: ValidationError) -> InvalidInput:
+def _bad_settings(model: type[BaseSettings], exc: ValidationError) -> InvalidInput:
     """One line naming every bad variable, the value given and what it should be."""
-    prefix = Settings.model_config.get("env_prefix", "")
+    prefix = model.model_config.get("env_prefix", "")
     problems = []
     for error in exc.errors():
         field = str(error["loc"][0]) if error["loc"] else ""
-        if field in Settings.model_fields:
+        if field in model.model_fields:
             problems.append(f"bad setting {prefix}{field.upper()}={error['input']!r}: "
-                            f"expected {_expected(field)}")
+                            f"expected {_expected(model, field)}")
         else:  # not one field's fault (none today): pydantic's own words
             problems.append(f"bad settings: {error['msg']}")
     return InvalidInput("; ".join(problems))
 
 
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load(model: type[SettingsT]) -> SettingsT:
+    """Any settings class from the environment; a bad value is one ``InvalidInput`` line."""
+    try:
+        return model()
+    except ValidationError as exc:
+        raise _bad_settings(model, exc) from None
+
+
 def load_settings() -> Settings:
     """Settings from the environment; a bad value is one ``InvalidInput`` line, not a traceback."""
-    try:
-        return Settings()
-    except ValidationError as exc:
-        raise _bad_settings(exc) from None
+    return load(Settings)

@@ -13,11 +13,11 @@ import threading
 from collections.abc import Callable
 from types import TracebackType
 
-from core.config import Settings, load_settings
+from core.config import Settings, load, load_settings
 from orchestrator.budget import Meter
 from orchestrator.chat import ChatService
 from orchestrator.database import open_database
-from orchestrator.devsessions import DevSessionManager, DevSessionStore
+from orchestrator.devsessions import DevSessionManager, DevSessionSettings, DevSessionStore
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.lifecycle import Lifecycle
 from orchestrator.locking import HomeLock
@@ -46,6 +46,7 @@ class Host:
         self.store = Store(self.engine)
         self.project_store = ProjectStore(self.engine)
         self.dev_store = DevSessionStore(self.engine)
+        self.dev_settings = load(DevSessionSettings)
         self.lock = HomeLock(settings.home / ".lock")
         self._hv = hypervisor
         self._hv_lock = threading.Lock()
@@ -76,7 +77,9 @@ class Host:
     def sessions(self) -> DevSessionManager:
         """A dev-session manager over the one store (its cache is per caller, not shared
         between threads; every change is in SQLite anyway)."""
-        return DevSessionManager(self.dev_store)
+        return DevSessionManager(self.dev_store,
+                                 cache_max_sessions=self.dev_settings.cache_max_sessions,
+                                 cache_idle_s=self.dev_settings.cache_idle_s)
 
     def projects(self) -> ProjectService:
         return ProjectService(self.vms, self.swap, self.project_store, self.sessions(),

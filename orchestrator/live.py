@@ -58,6 +58,7 @@ class LiveView:
         self._callback_id: int | None = None
         self._conn: Any = None
         self.events = 0  # how many lifecycle events arrived (for tests and diagnostics)
+        self._closes = 0
 
     def start(self) -> None:
         """Subscribe to lifecycle events on the host's connection."""
@@ -83,7 +84,13 @@ class LiveView:
     def _on_close(self, _conn: Any, _reason: int, _opaque: Any) -> None:
         with self._lock:
             self._all_stale = True
+            self._closes += 1
         log.warning("libvirt connection closed: the live view reloads on the next read")
+
+    @property
+    def generation(self) -> int:
+        """Moves whenever anything the view holds may have changed."""
+        return self.events + self._closes
 
     @property
     def subscribed(self) -> bool:

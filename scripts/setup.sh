@@ -17,6 +17,7 @@ HOST_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   mmdebstrap e2fsprogs genisoimage openssh-client
   python3-venv python3-dev gcc g++ cmake make git patch
+  wrk
 )
 
 step() { printf '\n== %s\n' "$*"; }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from api.context import VERSION, Ctx
 from api.models import Health
@@ -20,9 +20,10 @@ def health() -> Health:
     return Health(status="ok", version=VERSION)
 
 
-@router.get("/status")
-def status(ctx: Ctx) -> StatusView:
+@router.get("/status", response_model=StatusView)
+async def status(ctx: Ctx) -> Response:
     """The foreground VM, every VM's state and tier, and memory used against the budget.
 
     Computed, never written: an open swap stays open until a mutating request."""
-    return views.status_view(ctx.host.vms, ctx.states)
+    body = await ctx.reads.get("status", lambda: views.status_view(ctx.host.vms, ctx.states))
+    return Response(body, media_type="application/json")

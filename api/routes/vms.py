@@ -30,10 +30,12 @@ NO_START_OPTIONS = VMStart()
 NO_STOP_OPTIONS = VMStop()
 
 
-@router.get("")
-def list_vms(ctx: Ctx) -> FleetView:
+@router.get("", response_model=FleetView)
+async def list_vms(ctx: Ctx) -> Response:
     """Every VM with its uptime and errors; counts per state, average uptime, security."""
-    return views.fleet_view(ctx.host.vms, ctx.states, ctx.secrets, ctx.api_host)
+    body = await ctx.reads.get("vms", lambda: views.fleet_view(
+        ctx.host.vms, ctx.states, ctx.secrets, ctx.api_host))
+    return Response(body, media_type="application/json")
 
 
 @router.post("", status_code=202)

@@ -15,6 +15,7 @@ from sqlmodel import Session, func, select
 
 from core.config import Settings
 from core.errors import Conflict, InvalidInput, NotFound
+from orchestrator.database import open_database
 from orchestrator.devsessions import (
     DevSession,
     DevSessionEventType,
@@ -22,7 +23,6 @@ from orchestrator.devsessions import (
     DevSessionStatus,
     DevSessionStore,
 )
-from orchestrator.database import open_database
 from orchestrator.devsessions.tables import DevSessionEventRow
 from tests.fakes import fake_host
 from tests.unit.test_devsessions_diffs import apply_patch
