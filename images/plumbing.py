@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -55,10 +57,37 @@ class BuildLog:
         stage: str,
         cmd: Sequence[str | Path],
         env: Mapping[str, str] | None = None,
+        heartbeat_s: float | None = None,
     ) -> None:
-        """Run ``cmd`` with its output appended to the log; ``ImageBuildError`` if it fails."""
-        with self.path.open("a") as out:
+        """Run ``cmd`` with its output appended to the log; ``ImageBuildError`` if it fails.
+
+        With ``heartbeat_s``, a long command reports every so often that it still runs,
+        with the last progress mark (``[ 42%]``) its output showed.
+        """
+        with self.path.open("a") as out, self._heartbeat(stage, heartbeat_s):
             self._run(stage, cmd, env, out)
+
+    @contextmanager
+    def _heartbeat(self, stage: str, every_s: float | None) -> Iterator[None]:
+        if not every_s or self.progress is None:
+            yield
+            return
+        done = threading.Event()
+
+        def beat() -> None:
+            started = time.monotonic()
+            while not done.wait(every_s):
+                mark = _last_percent(self.path)
+                self.note(f"{stage}: still running after {time.monotonic() - started:.0f}s"
+                          + (f", at {mark}" if mark else ""))
+
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def capture(
         self, stage: str, cmd: Sequence[str | Path], env: Mapping[str, str] | None = None
@@ -98,6 +127,17 @@ class BuildLog:
                 f"log: {self.path}"
             )
         return result.stdout or ""
+
+
+_PERCENT = re.compile(rb"\[ *(\d{1,3})%\]")
+
+
+def _last_percent(log: Path, tail_bytes: int = 16384) -> str | None:
+    """The last ``[ NN%]`` progress mark (CMake's, say) in the log's tail."""
+    with log.open("rb") as handle:
+        handle.seek(max(0, log.stat().st_size - tail_bytes))
+        marks = _PERCENT.findall(handle.read())
+    return f"{int(marks[-1])}%" if marks else None
 
 
 # Host tool -> the Debian package that ships it.

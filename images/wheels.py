@@ -75,7 +75,8 @@ def ensure_llama_wheel(
                 shutil.copy2(source, staged / source.name)
                 origin = f"adopted from {source}"
             else:
-                log.note(f"wheels: compiling llama-cpp-python {LLAMA_CPP_VERSION} (~4 min)")
+                log.note(f"wheels: compiling llama-cpp-python {LLAMA_CPP_VERSION} "
+                         "(6-9 min on 2 cores; progress every 30 s)")
                 _build_llama(staged, log)
                 origin = "built"
             info = {
@@ -110,10 +111,11 @@ def _build_llama(dest: Path, log: BuildLog) -> None:
     # could hand back a native (AMX) build made earlier on this machine.
     log.run(
         "wheels",
-        [HOST_PYTHON, "-m", "pip", "wheel", "--no-deps", "--no-cache-dir",
+        [HOST_PYTHON, "-m", "pip", "wheel", "-v", "--no-deps", "--no-cache-dir",
          "--no-binary", "llama-cpp-python", "--wheel-dir", dest,
          f"llama-cpp-python=={LLAMA_CPP_VERSION}"],
         env=env,
+        heartbeat_s=30,  # -v: CMake's [ NN%] lines reach the log, the heartbeat shows them
     )  # fmt: skip
 
 

@@ -23,12 +23,17 @@ log = logging.getLogger("orchestrator.settle")
 class DetachedSettler:
     """Runs ``settle`` in a detached process, so the command returns right away."""
 
+    def __init__(self) -> None:
+        self._workers: list[subprocess.Popen[bytes]] = []
+
     def settle_later(self) -> None:
-        subprocess.Popen(
+        # Reap finished workers: a long-lived caller (the API server) must not collect zombies.
+        self._workers = [w for w in self._workers if w.poll() is None]
+        self._workers.append(subprocess.Popen(
             [sys.executable, "-m", "orchestrator.settle"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True, env=os.environ.copy(),
-        )
+        ))
 
 
 class InlineSettler:

@@ -57,6 +57,17 @@ else
       $SUDO kill "$pid"
       while pgrep -x libvirtd >/dev/null; do sleep 0.2; done
     fi
+    # QEMU's private /dev (libvirt's mount namespace) cannot carry that bind mount over:
+    # QEMUs use libvirtd's /dev instead, which is the one with the hidden /dev/kvm.
+    if ! grep -qE '^namespaces *= *\[ *\]' /etc/libvirt/qemu.conf; then
+      echo 'namespaces = []  # somnus: /dev/kvm is hidden from libvirtd (KVM unusable here)' \
+        | $SUDO tee -a /etc/libvirt/qemu.conf >/dev/null
+      pid="$(pgrep -x libvirtd || true)"
+      if [ -n "$pid" ]; then
+        $SUDO kill "$pid"
+        while pgrep -x libvirtd >/dev/null; do sleep 0.2; done
+      fi
+    fi
     if ! pgrep -x libvirtd >/dev/null; then
       echo "KVM is not usable here: libvirtd starts with /dev/kvm hidden (TCG)"
       $SUDO install -m 000 /dev/null /run/somnus-no-kvm

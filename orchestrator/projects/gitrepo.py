@@ -86,6 +86,17 @@ def bundle(repo: Repo, dest: Path, branch: str, base: str | None = None) -> Path
 
 
 def _git_error(exc: GitCommandError) -> str:
-    lines = [ln.strip() for ln in str(exc.stderr).splitlines() if ln.strip()]
-    text = lines[-1] if lines else str(exc)
-    return text.removeprefix("stderr: ").strip("'").strip()
+    """Git's own reason, as one line: its last ``fatal:``/``error:`` line.
+
+    GitPython wraps stderr as ``stderr: '<text>'`` with the closing quote on a line of
+    its own, so the wrapper is taken off before the lines are read (else that quote is
+    the "last line" and the reason comes out empty).
+    """
+    text = str(exc.stderr or "").strip().removeprefix("stderr:").strip()
+    if len(text) >= 2 and text[0] == text[-1] == "'":
+        text = text[1:-1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    reasons = [ln for ln in lines if ln.startswith(("fatal:", "error:"))] or lines
+    if not reasons:
+        return f"git exited with status {exc.status}"
+    return reasons[-1].removeprefix("fatal:").removeprefix("error:").strip()

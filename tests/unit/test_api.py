@@ -488,3 +488,39 @@ def test_cli_prints_and_rotates_the_token(settings: Settings,
     rotated = runner.invoke(app, ["api", "token", "--rotate"])
     assert rotated.stdout.strip() == ensure_token(settings) != first.stdout.strip()
     assert "--port" in runner.invoke(app, ["serve", "--help"]).stdout
+
+
+def test_the_cli_json_and_the_http_answer_are_one_document(
+    api: TestClient, settings: Settings, agents: StandInAgents,
+    monkeypatch: pytest.MonkeyPatch, fresh_cli_host: None,
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    create(api, "chat")
+    api.post("/vms/chat/snapshots", json={"name": "before"})
+    agents.break_all()  # the CLI's own host has no stand-ins: both see no agent report
+    for key, value in {"HOME": settings.home, "CACHE": settings.cache,
+                       "LIBVIRT_URI": settings.libvirt_uri, "ACCEL": "tcg",
+                       "DOMAIN_PREFIX": settings.domain_prefix}.items():
+        monkeypatch.setenv(f"SOMNUS_{key}", str(value))
+
+    def cli_json(*args: str) -> Any:
+        result = CliRunner().invoke(app, [*args, "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    # Uptimes move between the two reads; resident memory is the meter's, a seam the API's
+    # fake host fills with its scripted figures.
+    moving = {"uptime_s", "resident_mib", "budget_used_mib"}
+
+    def steady(doc: Any) -> Any:
+        if isinstance(doc, dict):
+            return {k: steady(v) for k, v in doc.items() if k not in moving}
+        return [steady(v) for v in doc] if isinstance(doc, list) else doc
+
+    assert steady(cli_json("vm", "info", "chat")) == steady(api.get("/vms/chat").json())
+    assert steady(cli_json("vm", "list")) == steady(api.get("/vms").json())
+    assert steady(cli_json("status")) == steady(api.get("/status").json())
+    assert cli_json("vm", "snapshot", "list", "chat") == api.get("/vms/chat/snapshots").json()

@@ -299,3 +299,15 @@ def test_build_checks_disk_space_first(settings: Settings, monkeypatch: pytest.M
     assert not list(settings.images_dir.glob("base-*")) and not list(
         settings.wheels_dir.glob("guest-*")
     )
+
+
+def test_a_long_build_step_reports_that_it_still_runs(tmp_path: Path) -> None:
+    """The llama wheel compiles for minutes: the heartbeat shows its last [ NN%] mark."""
+    from images.plumbing import BuildLog
+
+    lines: list[str] = []
+    log = BuildLog(tmp_path / "build.log", lines.append)
+    log.run("demo", ["sh", "-c", "echo '[ 10%] a'; sleep 0.7; echo '[ 55%] b'; sleep 0.7"],
+            heartbeat_s=0.5)
+    assert len(lines) >= 2 and "still running" in lines[0]
+    assert lines[0].endswith("at 10%") and lines[-1].endswith("at 55%")
