@@ -7,6 +7,7 @@ schema is :mod:`orchestrator.migrations`' job, never ``create_all``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,13 @@ def open_database(db_path: Path) -> Engine:
     """The engine over ``db_path``, its schema migrated to current, the file private (0600)."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
     # Made private before SQLite opens it: SQLite gives the -wal and -shm files the
-    # database's mode, and the WAL holds rows too.
-    os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY, 0o600))
+    # database's mode, and the WAL holds rows too. Only when it does not exist yet:
+    # closing any descriptor of an open database drops every POSIX lock SQLite holds on
+    # it in this process (another Host here, say), and then another process may
+    # checkpoint and delete the WAL under it, losing commits.
+    if not db_path.exists():
+        with contextlib.suppress(FileExistsError):  # another process made it meanwhile
+            os.close(os.open(db_path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600))
     engine = sqlite_engine(db_path)
     try:
         migrate(engine)

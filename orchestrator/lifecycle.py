@@ -13,6 +13,7 @@ libvirt without writing; :meth:`Lifecycle.reconcile_one` writes what it computes
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import VMRecord, VMState
 from orchestrator.store import Store
 
+log = logging.getLogger(__name__)
 S = VMState
 # Where a VM may go from each state. ERROR is reachable from anywhere (a dead QEMU, a
 # vanished domain); from ERROR a VM goes wherever libvirt says it is.
@@ -279,6 +281,7 @@ class Lifecycle:
         """Power off and undefine the domain (save and snapshot metadata too), remove the
         VM's folder, drop the record. The intent is recorded first: the next command's
         reconcile finishes a destroy that was killed midway."""
+        log.info("destroying VM '%s' (%s)", record.name, reason)
         if self.store.find_vm(record.name) is not None:
             self._move(record, S.DELETED, reason)
         self.hv.undefine(record.domain_name)

@@ -255,7 +255,7 @@ class VMService:
             try:
                 record = self._provision(record, image, acceleration)
             except BaseException:
-                self._remove(record)
+                self._remove(record, "create failed while provisioning")
                 raise
             timings["provision"] = round(time.monotonic() - started, 2)
             self.faults("create_defined")
@@ -272,7 +272,7 @@ class VMService:
                         self.lifecycle.mark_ready(record, "started, not waited for")
             except BaseException:
                 if self.store.get_vm(name).state is VMState.CREATING:
-                    self._remove(record)  # never booted (refused, or interrupted): undo
+                    self._remove(record, "create failed before it booted")
                 raise
         return self.store.get_vm(name), timings
 
@@ -368,8 +368,8 @@ class VMService:
         with self.changing():
             self._remove(self.store.get_vm(name))
 
-    def _remove(self, record: VMRecord) -> None:
-        self.lifecycle.destroy(record, self.paths(record.name).root)
+    def _remove(self, record: VMRecord, reason: str = "deleted") -> None:
+        self.lifecycle.destroy(record, self.paths(record.name).root, reason)
 
     def _require_domain(self, record: VMRecord) -> None:
         if not self.hv.exists(record.domain_name):
@@ -391,11 +391,11 @@ class VMService:
         with self.lock():
             for record in self.store.list_vms():
                 if record.state is VMState.CREATING:
-                    self._remove(record)
+                    self._remove(record, "an interrupted create was undone")
                     changes.append(f"{record.name}: an interrupted create was undone")
                     continue
                 if record.state is VMState.DELETED:
-                    self._remove(record)
+                    self._remove(record, "an interrupted delete was finished")
                     changes.append(f"{record.name}: an interrupted delete was finished")
                     continue
                 change = self.lifecycle.reconcile_one(record)

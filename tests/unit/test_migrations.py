@@ -241,3 +241,36 @@ def test_migrations_build_the_schema_the_models_describe(tmp_path: Path) -> None
     SQLModel.metadata.create_all(models)
     assert schema(open_database(tmp_path / "migrated.db")) == schema(models)
     assert schema(open_database(load_v0(tmp_path / "v0.db"))) == schema(models)
+
+
+def test_opening_the_database_again_loses_no_commit_of_another_host(tmp_path: Path) -> None:
+    """Two hosts in one process (the API test's and the test session's): the second open
+    must not drop SQLite's POSIX locks of the first, or another process deletes the WAL
+    under it and its later commits vanish for everyone else."""
+    import subprocess
+    import sys
+
+    from sqlalchemy import text
+
+    db = tmp_path / "somnus.db"
+    first = open_database(db)
+
+    def insert(name: str) -> None:
+        with first.begin() as conn:
+            conn.execute(text("CREATE TABLE IF NOT EXISTS probe (name TEXT)"))
+            conn.execute(text("INSERT INTO probe VALUES (:n)"), {"n": name})
+
+    def seen_by_another_process() -> list[str]:
+        code = ("import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                "print(','.join(r[0] for r in c.execute('select name from probe'))); c.close()")
+        out = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True,
+                             text=True, check=True)
+        return out.stdout.strip().split(",")
+
+    insert("one")
+    second = open_database(db)  # as a second Host in this process does
+    assert seen_by_another_process() == ["one"]  # that process closes: it may checkpoint
+    insert("two")
+    assert seen_by_another_process() == ["one", "two"]
+    first.dispose()
+    second.dispose()

@@ -21,6 +21,13 @@ def running_vm(host: Host, name: str, subsystem: Subsystem = Subsystem.CHAT) -> 
     host.vms.create(name, subsystem, memory_mib=512, wait=False)
 
 
+def chat_in_front_research_saved(host: Host) -> None:
+    """The usual start: 'chat' in the foreground, 'research' settled to its save."""
+    running_vm(host, "research", Subsystem.RESEARCH)
+    running_vm(host, "chat")
+    host.swap.settle()
+
+
 def states(service: VMService) -> dict[str, VMState]:
     return {r.name: service.hv.state(r.domain_name) for r in service.store.list_vms()}
 
@@ -104,9 +111,7 @@ def test_budget_saves_least_recently_used_to_make_room(host: Host, agents: Stand
 
 
 def test_budget_refuses_when_nothing_can_make_room(host: Host, agents: StandInAgents) -> None:
-    running_vm(host, "research", Subsystem.RESEARCH)
-    running_vm(host, "chat")
-    host.swap.settle()
+    chat_in_front_research_saved(host)
     meter_of(host).set(limit=600, rss=0)
     with pytest.raises(InsufficientResources, match="needs 768 MiB") as caught:
         host.swap.activate("research")
@@ -121,9 +126,7 @@ def test_budget_refuses_when_nothing_can_make_room(host: Host, agents: StandInAg
 def test_a_swap_failing_at_any_phase_rolls_back(
     host: Host, agents: StandInAgents, point: str
 ) -> None:
-    running_vm(host, "research", Subsystem.RESEARCH)
-    running_vm(host, "chat")
-    host.swap.settle()
+    chat_in_front_research_saved(host)
     fault = host.swap.faults
     assert isinstance(fault, RaiseAt)
     fault.point = point
@@ -137,9 +140,7 @@ def test_a_swap_failing_at_any_phase_rolls_back(
 def test_a_swap_stopped_once_the_target_is_ready_is_finished_by_recovery(
     host: Host, agents: StandInAgents
 ) -> None:
-    running_vm(host, "research", Subsystem.RESEARCH)
-    running_vm(host, "chat")
-    host.swap.settle()
+    chat_in_front_research_saved(host)
     fault = host.swap.faults
     assert isinstance(fault, RaiseAt)
     fault.point = "to_ready"
@@ -154,9 +155,7 @@ def test_a_swap_stopped_once_the_target_is_ready_is_finished_by_recovery(
 def test_interrupted_swap_before_target_started_rolls_back(
     host: Host, agents: StandInAgents
 ) -> None:
-    running_vm(host, "research", Subsystem.RESEARCH)
-    running_vm(host, "chat")
-    host.swap.settle()
+    chat_in_front_research_saved(host)
     # What a killed 'activate research' leaves: ledger open, chat paused, research saved.
     swap = host.store.open_swap("chat", "research")
     host.vms.hv.pause(host.store.get_vm("chat").domain_name)
@@ -170,9 +169,7 @@ def test_interrupted_swap_before_target_started_rolls_back(
 def test_interrupted_swap_after_target_started_is_finished(
     host: Host, agents: StandInAgents
 ) -> None:
-    running_vm(host, "research", Subsystem.RESEARCH)
-    running_vm(host, "chat")
-    host.swap.settle()
+    chat_in_front_research_saved(host)
     swap = host.store.open_swap("chat", "research")
     host.vms.hv.pause(host.store.get_vm("chat").domain_name)
     host.vms.hv.start(host.store.get_vm("research").domain_name)  # restored, not confirmed
@@ -184,9 +181,7 @@ def test_interrupted_swap_after_target_started_is_finished(
 
 
 def test_a_read_never_recovers_an_open_swap(host: Host, agents: StandInAgents) -> None:
-    running_vm(host, "research", Subsystem.RESEARCH)
-    running_vm(host, "chat")
-    host.swap.settle()
+    chat_in_front_research_saved(host)
     swap = host.store.open_swap("chat", "research")
     host.vms.hv.pause(host.store.get_vm("chat").domain_name)
     before = states(host.vms)
@@ -202,9 +197,7 @@ def test_a_read_never_recovers_an_open_swap(host: Host, agents: StandInAgents) -
 def test_unrestorable_save_falls_back_to_cold_boot(
     host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    running_vm(host, "research", Subsystem.RESEARCH)
-    running_vm(host, "chat")
-    host.swap.settle()
+    chat_in_front_research_saved(host)
     hv = host.vms.hv
     real_start = hv.start
     domain = host.store.get_vm("research").domain_name

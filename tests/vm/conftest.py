@@ -96,3 +96,15 @@ def no_domains_left_behind(settings: Settings) -> Iterator[None]:
     for name in leftovers:
         hv.undefine(name)
     assert not leftovers, f"tests left libvirt domains behind: {leftovers}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_log(settings: Settings) -> Iterator[None]:
+    """The test process logs to the home's log too (the CLI and settle worker already do),
+    and the log is printed when the session ends: a VM gone missing leaves its trace."""
+    from core.logs import configure_logging
+
+    path = configure_logging(settings, "tests")
+    yield
+    if path.exists():
+        print(f"--- {path} ---\n" + path.read_text()[-20000:])
