@@ -9,16 +9,20 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import libvirt
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import sse
 from api.auth import TokenCheck
+from api.context import MAX_BODY_BYTES, ApiContext
 from api.context import VERSION as API_VERSION
-from api.context import ApiContext
 from api.errors import error_response, install_error_handlers, status_name
 from api.models import ErrorBody
 from api.readcache import ReadCache
@@ -29,8 +33,6 @@ from orchestrator.live import LiveView, start_event_loop
 
 log = logging.getLogger(__name__)
 
-# Chat messages and memories are text: a megabyte is far beyond any sane request.
-MAX_BODY_BYTES = 1 << 20
 # Reachable without the token: liveness, and the documentation of the API itself.
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect",
                           "/redoc"})
@@ -94,6 +96,24 @@ class Guard:
         return limited
 
 
+def _with_event_models(app: FastAPI) -> None:
+    """Add the models only SSE ``data`` refers to (``api.sse``) to the document's
+    components: no route returns them, so FastAPI does not list them itself."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = build()  # caches itself in app.openapi_schema
+            _, defs = models_json_schema([(m, "serialization") for m in sse.EVENT_MODELS],
+                                         ref_template="#/components/schemas/{model}")
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for name, schema in defs.get("$defs", {}).items():
+                schemas.setdefault(name, schema)  # FastAPI's own entry (same model) wins
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(settings: Settings | None = None, *, host: Host | None = None,
                api_host: str | None = None, live: bool = False) -> FastAPI:
     """The API over one Somnus home.
@@ -138,6 +158,9 @@ def create_app(settings: Settings | None = None, *, host: Host | None = None,
     app.state.ctx = ctx
     for router in ROUTERS:
         app.include_router(router)
-    install_error_handlers(app)
+    # The app's own (documentation) routes, and ours: the routers' tables, flat.
+    routes = [r for r in app.router.routes if isinstance(r, Route)]
+    install_error_handlers(app, routes + [r for router in ROUTERS for r in router.routes])
+    _with_event_models(app)
     app.add_middleware(Guard, tokens=ctx.tokens)
     return app

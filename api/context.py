@@ -20,6 +20,10 @@ from orchestrator.live import LiveView
 from orchestrator.views import DomainStates
 
 VERSION = "0.1.0"
+# Bodies above this are refused (413) before they are read. It must exceed every body the
+# document's own bounds allow: 100 000 characters of chat or 2 x 50 000 of a turn come to
+# about 1.2 MB as JSON, which escapes a non-BMP character as 12 bytes.
+MAX_BODY_BYTES = 2 << 20
 
 
 class ApiContext:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.routing import BaseRoute, Match
 
 from api.models import ErrorBody, error_body
 from core.errors import Busy, SomnusError
@@ -29,7 +30,44 @@ def status_name(status: int) -> str:
         return "HTTPError"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def _methods(routes: Sequence[BaseRoute]) -> set[str]:
+    methods: set[str] = set()
+    for route in routes:
+        methods |= getattr(route, "methods", None) or set()
+    return methods
+
+
+def _matching(routes: Sequence[BaseRoute], request: Request) -> tuple[list[BaseRoute], bool]:
+    """The routes whose path the request's is, and whether they are literal ones.
+
+    A literal path (``/projects/gc``) is its own resource, not an instance of a template
+    beside it (``/projects/{name}``, whose names exclude it): when one matches, only
+    literal routes count.
+    """
+    matching = [r for r in routes if r.matches(request.scope)[0] is not Match.NONE]
+    literal = [r for r in matching if not getattr(r, "param_convertors", None)]
+    return (literal, True) if literal else (matching, False)
+
+
+def allowed_methods(routes: Sequence[BaseRoute], request: Request) -> str:
+    """Every method the request's path has, for a 405's ``Allow``.
+
+    FastAPI makes one route per method, and Starlette's 405 names only the first route
+    whose path matched (``Allow: GET`` for a path that also takes POST).
+    """
+    return ", ".join(sorted(_methods(_matching(routes, request)[0])))
+
+
+def method_not_allowed(request: Request, allow: str) -> JSONResponse:
+    return error_response(405, ErrorBody(
+        error=status_name(405),
+        detail=f"{request.method} is not allowed here; allowed: {allow}"), {"Allow": allow})
+
+
+def install_error_handlers(app: FastAPI, routes: Sequence[BaseRoute]) -> None:
+    """The handlers; ``routes`` are every route the app serves, flat (FastAPI nests
+    included routers), for the ``Allow`` of a 405."""
+
     def somnus_error(request: Request, exc: Exception) -> JSONResponse:
         """The one mapping of the error hierarchy: its status, ``{error, detail}``;
         anything else is a bug: 500.
@@ -48,17 +86,25 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, Busy) else None
         return error_response(status, error_body(exc), headers)
 
-    def validation_error(_: Request, exc: Exception) -> JSONResponse:
+    def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        """422, unless a template route refused a literal path's name (GET /projects/gc
+        reaches /projects/{name}): that is a method the literal resource lacks, 405."""
         assert isinstance(exc, RequestValidationError)
+        literals, literal = _matching(routes, request)
+        if literal and request.method not in _methods(literals):
+            return method_not_allowed(request, ", ".join(sorted(_methods(literals))))
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:10])
         return error_response(422, ErrorBody(error="InvalidInput", detail=problems))
 
-    def http_error(_: Request, exc: Exception) -> JSONResponse:
+    def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
         if exc.status_code == 400:  # FastAPI's "error parsing the body" (not UTF-8, say)
             return error_response(422, ErrorBody(error="InvalidInput",
                                                   detail=f"body: {exc.detail}"))
+        allow = allowed_methods(routes, request) if exc.status_code == 405 else ""
+        if allow:  # RFC 9110: a 405 lists what the resource does allow
+            return method_not_allowed(request, allow)
         return error_response(exc.status_code,
                                ErrorBody(error=status_name(exc.status_code),
                                          detail=str(exc.detail)), exc.headers)

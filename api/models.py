@@ -2,6 +2,9 @@
 
 Every request body forbids unknown fields; names are checked by the service's own
 rule (``orchestrator.vms.validate_name``), so the API and the CLI refuse the same.
+Numbers and booleans in bodies are JSON's own: pydantic's lax coercions (``0`` for
+false, ``"3"`` or ``true`` for a number) would accept what the OpenAPI document says
+is invalid.
 """
 
 from __future__ import annotations
@@ -14,7 +17,17 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    WithJsonSchema,
+)
+from pydantic import Strict as StrictType
 
 from core.errors import InvalidInput, SomnusError
 from guest_agent.protocol import (
@@ -80,8 +93,23 @@ SnapshotName = Annotated[str, AfterValidator(_checked("snapshot")), _NAME_SCHEMA
 VMPath = Annotated[VMName, Path(description="VM name")]
 RefPath = Annotated[VMName, Path(description="VM name, or a subsystem with exactly one VM")]
 SnapshotPath = Annotated[SnapshotName, Path(description="snapshot name")]
-# A project is named like its VM (it is one).
-ProjectName = Annotated[str, AfterValidator(_checked("project")), _NAME_SCHEMA]
+# A project is named like its VM (it is one), but not like a literal path beside
+# /projects/{name}: POST /projects/gc is the clean-up, and GET or DELETE there must not
+# reach a project called 'gc' that the document cannot tell from it.
+RESERVED_PROJECT_NAMES = frozenset({"gc"})
+
+
+def _not_reserved(value: str) -> str:
+    if value in RESERVED_PROJECT_NAMES:
+        raise ValueError(f"'{value}' is reserved: /projects/{value} is an action of the API")
+    return value
+
+
+ProjectName = Annotated[str, AfterValidator(_checked("project")), AfterValidator(_not_reserved),
+                        WithJsonSchema({"type": "string", "minLength": 2, "maxLength": 32,
+                                        "pattern": "^" + "".join(
+                                            f"(?!{n}$)" for n in sorted(RESERVED_PROJECT_NAMES))
+                                        + NAME_PATTERN.removeprefix("^")})]
 ProjectPath = Annotated[ProjectName, Path(description="project name (also its VM's name)")]
 SessionPath = Annotated[str, Path(pattern="^[0-9a-fA-F-]{1,36}$",
                                   description="dev session id, or a unique prefix of it")]
@@ -91,6 +119,31 @@ BlockPath = Annotated[str, Path(min_length=1, max_length=255,
 VersionQuery = Annotated[int | None, Query(ge=1, description="version (default: the latest)")]
 
 
+def _whole(value: object) -> object:
+    """JSON Schema's integer includes 3.0; pydantic's strict int does not: make it 3."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Integers as JSON Schema has them: no bools, no strings, 3.0 allowed. The bounds sit
+# inside, before the validator, or the OpenAPI document gets pydantic's raw 'ge'/'le'.
+_WHOLE = BeforeValidator(_whole)
+MemoryMiB = Annotated[int, StrictType(), Field(ge=256, le=1 << 20), _WHOLE]
+VCPUs = Annotated[int, StrictType(), Field(ge=1, le=256), _WHOLE]
+TopK = Annotated[int, StrictType(), Field(ge=0, le=1000), _WHOLE]
+MaxTokens = Annotated[int, StrictType(), Field(ge=1, le=32768), _WHOLE]
+Seed = Annotated[int, StrictType(), Field(ge=0, le=2**31 - 1), _WHOLE]
+Version = Annotated[int, StrictType(), Field(ge=1), _WHOLE]
+SearchTopK = Annotated[int, StrictType(), Field(ge=1, le=200), _WHOLE]  # the agent's bounds
+# Free text that reaches libvirt's XML or git's argv: no NUL or other C0 control but
+# tab and newlines, nor U+FFFE/U+FFFF (XML 1.0 cannot carry them; C strings end at NUL).
+PLAIN_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*$"
+# Text the service strips (str.strip: its whitespace includes U+001C..U+001F, which
+# JSON Schema's \s does not) and refuses when nothing is left: some character must not be.
+NOT_BLANK = r"[^\s\x1c-\x1f]"
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,19 +151,21 @@ class Strict(BaseModel):
 class VMCreate(Strict):
     name: VMName
     subsystem: Subsystem
-    memory_mib: int | None = Field(default=None, ge=256, le=1 << 20)
-    vcpus: int | None = Field(default=None, ge=1, le=256)
+    memory_mib: MemoryMiB | None = None
+    vcpus: VCPUs | None = None
     image: str | None = Field(default=None, pattern="^[0-9a-f]{1,64}$",
                               description="image recipe-hash prefix (default: current)")
-    wait: bool = Field(default=True, description="the operation ends when the agent answers")
+    wait: StrictBool = Field(default=True,
+                             description="the operation ends when the agent answers")
 
 
 class VMStart(Strict):
-    wait: bool = Field(default=True, description="the operation ends when the agent answers")
+    wait: StrictBool = Field(default=True,
+                             description="the operation ends when the agent answers")
 
 
 class VMStop(Strict):
-    force: bool = Field(default=False, description="power off without asking the guest")
+    force: StrictBool = Field(default=False, description="power off without asking the guest")
 
 
 class StopResult(BaseModel):
@@ -120,7 +175,7 @@ class StopResult(BaseModel):
 
 class SnapshotCreate(Strict):
     name: SnapshotName
-    description: str = Field(default="", max_length=500)
+    description: str = Field(default="", max_length=500, pattern=PLAIN_TEXT)
 
 
 class RevertResult(BaseModel):
@@ -130,20 +185,20 @@ class RevertResult(BaseModel):
 
 
 class ImageBuild(Strict):
-    force: bool = Field(default=False, description="rebuild even if cached")
+    force: StrictBool = Field(default=False, description="rebuild even if cached")
 
 
 class ChatRequest(Strict):
     """One user message; the VM's agent keeps the conversation."""
 
     message: str = Field(min_length=1, max_length=100_000)
-    stream: bool = Field(default=False, description="answer as server-sent events")
-    new: bool = Field(default=False, description="start a new conversation")
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    top_k: int | None = Field(default=None, ge=0, le=1000)
-    max_tokens: int | None = Field(default=None, ge=1, le=32768)
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    stream: StrictBool = Field(default=False, description="answer as server-sent events")
+    new: StrictBool = Field(default=False, description="start a new conversation")
+    temperature: StrictFloat | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: StrictFloat | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: TopK | None = None
+    max_tokens: MaxTokens | None = None
+    seed: Seed | None = None
 
     def sampling(self) -> dict[str, float | int | None]:
         return self.model_dump(include={"temperature", "top_p", "top_k", "max_tokens", "seed"})
@@ -161,6 +216,8 @@ class MemoryAdd(MemoryCreate):
 
 class MemorySearch(MemorySearchRequest):
     model_config = ConfigDict(extra="forbid")
+
+    top_k: SearchTopK = 10
 
 
 class Health(BaseModel):
@@ -181,9 +238,10 @@ def _login() -> str:
 
 
 class SessionCreate(Strict):
-    title: str = Field(default=DEFAULT_TITLE, min_length=1, max_length=MAX_TITLE)
+    title: str = Field(default=DEFAULT_TITLE, min_length=1, max_length=MAX_TITLE,
+                       pattern=NOT_BLANK)
     user_id: str = Field(default_factory=_login, min_length=1, max_length=200,
-                         description="default: the API server's login")
+                         pattern=NOT_BLANK, description="default: the API server's login")
     chat_session_id: UUID | None = Field(default=None,
                                          description="chat session it belongs to")
 
@@ -199,7 +257,7 @@ class TurnCreate(Strict):
 
 
 class BlockRollback(Strict):
-    to: int = Field(ge=1, description="version whose content becomes the next version")
+    to: Version = Field(description="version whose content becomes the next version")
 
 
 class SessionAction(StrEnum):
@@ -226,8 +284,7 @@ class SessionStatusChange(Strict):
 
 class SessionPromote(Strict):
     project: ProjectName = Field(description="project to promote into (created if missing)")
-    memory_mib: int | None = Field(default=None, ge=256, le=1 << 20,
-                                   description="RAM of a new project VM")
+    memory_mib: MemoryMiB | None = Field(default=None, description="RAM of a new project VM")
 
 
 class BlockView(CodeBlock):
@@ -259,18 +316,18 @@ class BlockDiff(BaseModel):
 
 class ProjectCreate(Strict):
     name: ProjectName
-    repo: str | None = Field(default=None, min_length=1, max_length=2000,
+    repo: str | None = Field(default=None, min_length=1, max_length=2000, pattern=PLAIN_TEXT,
                              description="repository URL or host path to clone into it")
-    memory_mib: int | None = Field(default=None, ge=256, le=1 << 20)
+    memory_mib: MemoryMiB | None = None
 
 
 class ProjectRestore(Strict):
-    start: bool = Field(default=True, description="boot the VM now")
+    start: StrictBool = Field(default=True, description="boot the VM now")
 
 
 class ProjectGc(Strict):
-    dry_run: bool = Field(default=False, description="only report")
-    older_than_days: float | None = Field(
+    dry_run: StrictBool = Field(default=False, description="only report")
+    older_than_days: StrictFloat | None = Field(
         default=None, ge=0, le=36500,
         description="also delete archived projects unused for this many days")
 

@@ -1,8 +1,12 @@
-"""Server-sent events: operation progress and streamed chat answers."""
+"""Server-sent events: operation progress and streamed chat answers, and their schemas.
+
+In the OpenAPI document (3.1) an event stream's ``schema`` describes one event as a
+client parses it, ``{event, data, id}``; each kind of event is one branch, and a JSON
+``data`` names its model with ``contentMediaType``/``contentSchema``.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from itertools import chain
 from typing import Any, TypeVar
@@ -10,16 +14,68 @@ from typing import Any, TypeVar
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
-from api.models import error_body
-from api.operations import Operation
+from api.models import ErrorBody, error_body
+from api.operations import Operation, OperationState, OperationView
+from guest_agent.protocol import ChatCompletionChunk
 
 T = TypeVar("T")
 MEDIA_TYPE = "text/event-stream"
-# Documents an SSE answer in the OpenAPI schema.
-SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {MEDIA_TYPE: {"schema": {"type": "string"}}},
-          "description": "server-sent events"},
-}
+DONE = "[DONE]"
+ID_PATTERN = "^[0-9]+$"  # a progress line's index, what Last-Event-ID sends back
+
+
+class ProgressLine(BaseModel):
+    """The data of one ``progress`` event."""
+
+    line: str
+
+
+# Models that only event data refers to: the app adds them to the document's components.
+EVENT_MODELS: list[type[BaseModel]] = [ProgressLine, ChatCompletionChunk]
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "string", "contentMediaType": "application/json", "contentSchema": schema}
+
+
+def _event(name: str, data: dict[str, Any], *, with_id: bool = False,
+           title: str | None = None) -> dict[str, Any]:
+    """One kind of event: its name (``message`` when the stream names none) and data; with
+    ``with_id`` it carries an ``id`` (later events inherit it, as the SSE spec says)."""
+    properties: dict[str, Any] = {"event": {"const": name}, "data": data}
+    if with_id:
+        properties["id"] = {"type": "string", "pattern": ID_PATTERN}
+    return {"title": title or name, "type": "object", "properties": properties,
+            "required": ["event", "data"], "additionalProperties": False}
+
+
+def _end(state: OperationState) -> dict[str, Any]:
+    view = {"allOf": [_ref(OperationView), {"properties": {"state": {"const": state.value}}}]}
+    return _event(state.value, _json(view), with_id=True)
+
+
+OPERATION_EVENTS: dict[int | str, dict[str, Any]] = {200: {
+    "description": "server-sent events: `progress` (id: the line's index), then one "
+                   "`succeeded` or `failed` carrying the operation",
+    "content": {MEDIA_TYPE: {"schema": {"oneOf": [
+        _event("progress", _json(_ref(ProgressLine)), with_id=True),
+        *(_end(state) for state in (OperationState.SUCCEEDED, OperationState.FAILED)),
+    ]}}},
+}}
+CHAT_EVENTS: dict[int | str, dict[str, Any]] = {200: {
+    "description": "JSON, or with `stream` server-sent events: OpenAI chunks, then "
+                   f"`{DONE}`; a failure after the first chunk is an `error` event instead",
+    "content": {MEDIA_TYPE: {"schema": {"oneOf": [
+        _event("message", {**_json(_ref(ChatCompletionChunk)), "not": {"const": DONE}},
+               title="chunk"),
+        _event("message", {"const": DONE}, title="done"),
+        _event("error", _json(_ref(ErrorBody))),
+    ]}}},
+}}
 
 
 def event(data: str, name: str | None = None, event_id: int | None = None) -> str:
@@ -51,7 +107,7 @@ def operation_events(op: Operation, seen: int = 0) -> Iterator[str]:
         if line is None:
             yield ": keepalive\n\n"
         else:
-            yield event(json.dumps({"line": line}), "progress", index)
+            yield event(ProgressLine(line=line).model_dump_json(), "progress", index)
     view = op.view()
     yield event(view.model_dump_json(), view.state.value)
 
@@ -68,4 +124,4 @@ def model_events(items: Iterator[BaseModel],
             on_error(exc)
         yield event(error_body(exc).model_dump_json(), "error")
         return
-    yield event("[DONE]")
+    yield event(DONE)

@@ -5,26 +5,61 @@ As in the CLI, talking to a VM that does not run activates it first.
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api import sse
 from api.context import ApiContext, Ctx
 from api.models import ChatReply, ChatRequest, MemoryAdd, MemorySearch, RefPath
 from api.routes.common import PROTECTED
+from core.errors import GuestError, InvalidInput
 from guest_agent.protocol import (
     MemoryAddResponse,
     MemoryImportResponse,
     MemoryListResponse,
+    MemoryRecord,
     MemorySearchResponse,
     MemoryType,
 )
 
 router = APIRouter(tags=["chat"], **PROTECTED)
 NDJSON = "application/x-ndjson"
+# JSON lines, one MemoryRecord each: as OpenAPI 3.2 reads a sequential media type, the
+# schema is that of the whole read as an array.
+MEMORY_LINES = {NDJSON: {"schema": {"type": "array",
+                                    "items": {"$ref": "#/components/schemas/MemoryRecord"}}}}
+
+
+def _memory_lines(text: str) -> list[MemoryRecord]:
+    """The memories of a JSON-lines body, or a 422 naming the first line that is not one.
+
+    Lines end at LF only (JSON Lines): U+2028 or U+0085 inside a string is text, not
+    a line break. Strict: the document's types are JSON's (no "1" for a number).
+    """
+    records = []
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(MemoryRecord.model_validate_json(line, strict=True))
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(p) for p in problem["loc"]) or "line"
+            raise InvalidInput(f"body line {number}: not a memory record: "
+                               f"{where}: {problem['msg']}") from None
+    return records
+
+
+def _ascii_lines(items: list[Any]) -> str:
+    """JSON lines with every non-ASCII character escaped: the agent (and many readers)
+    split lines with ``str.splitlines``, which also breaks at U+2028 and U+0085, so a
+    raw one inside a memory would cut its line in two."""
+    return "".join(json.dumps(item) + "\n" for item in items)
 
 
 def _chat(ctx: ApiContext, ref: str | None, body: ChatRequest) -> ChatReply | StreamingResponse:
@@ -41,14 +76,14 @@ def _chat(ctx: ApiContext, ref: str | None, body: ChatRequest) -> ChatReply | St
     return ChatReply.model_validate({**answer.model_dump(), "vm": record.name})
 
 
-@router.post("/chat", response_model=ChatReply, responses=sse.SSE_RESPONSE)
+@router.post("/chat", response_model=ChatReply, responses=sse.CHAT_EVENTS)
 def chat_foreground(body: ChatRequest, ctx: Ctx) -> ChatReply | StreamingResponse:
     """Ask the foreground VM; with ``stream`` the answer comes as server-sent events
     (OpenAI chunks, then ``[DONE]``)."""
     return _chat(ctx, None, body)
 
 
-@router.post("/vms/{name}/chat", response_model=ChatReply, responses=sse.SSE_RESPONSE)
+@router.post("/vms/{name}/chat", response_model=ChatReply, responses=sse.CHAT_EVENTS)
 def chat_vm(name: RefPath, body: ChatRequest, ctx: Ctx) -> ChatReply | StreamingResponse:
     """Ask a named VM (or a subsystem's VM)."""
     return _chat(ctx, name, body)
@@ -78,16 +113,31 @@ def memory_search(name: RefPath, body: MemorySearch, ctx: Ctx) -> MemorySearchRe
 
 
 @router.get("/vms/{name}/memory/export", response_class=Response, responses={
-    200: {"content": {NDJSON: {"schema": {"type": "string"}}}, "description": "JSON lines"}})
+    200: {"content": MEMORY_LINES, "description": "JSON lines, one memory each"}})
 def memory_export(name: RefPath, ctx: Ctx) -> Response:
     """Every memory as JSON lines (what import takes)."""
-    return Response(ctx.host.chat.agent(name).memory_export(), media_type=NDJSON)
+    text = ctx.host.chat.agent(name).memory_export()
+    try:
+        items = [json.loads(line) for line in text.split("\n") if line.strip()]
+    except ValueError as exc:
+        raise GuestError(f"VM '{name}': its agent's export is not JSON lines ({exc})") from None
+    return Response(_ascii_lines(items), media_type=NDJSON)
 
 
 @router.post("/vms/{name}/memory/import", openapi_extra={"requestBody": {
-    "required": True, "content": {NDJSON: {"schema": {"type": "string"}}}}})
+    "required": True, "description": "JSON lines, one memory each (blank lines are skipped)",
+    "content": MEMORY_LINES}})
 async def memory_import(name: RefPath, request: Request, ctx: Ctx) -> MemoryImportResponse:
     """Import memories as exported (JSON lines); known ones are skipped."""
-    text = (await request.body()).decode(errors="replace")
+    raw = await request.body()
+    # The body is required: none at all (no bytes, no media type) is a mistake, while an
+    # empty export (no memories) sent as JSON lines imports nothing.
+    if not raw and "content-type" not in request.headers:
+        raise InvalidInput(f"body: missing; send JSON lines ({NDJSON}) as exported")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"body: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    lines = _ascii_lines([r.model_dump(mode="json") for r in _memory_lines(text)])
     agent = await run_in_threadpool(ctx.host.chat.agent, name)
-    return await run_in_threadpool(agent.memory_import, text)
+    return await run_in_threadpool(agent.memory_import, lines)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Response
 from api.context import Ctx
 from api.models import ImageBuild
 from api.operations import OperationView, Progress
-from api.routes.common import PROTECTED, accepted
+from api.routes.common import ACCEPTED, PROTECTED, accepted
 from images import builder, catalog
 from images.catalog import ImageManifest
 
@@ -25,7 +25,7 @@ def list_images(ctx: Ctx) -> list[ImageManifest]:
     return catalog.list_images(ctx.settings)
 
 
-@router.post("/build", status_code=202)
+@router.post("/build", status_code=202, responses=ACCEPTED)
 def build_image(ctx: Ctx, response: Response, body: ImageBuild = NO_BUILD_OPTIONS) -> OperationView:
     """Build (or reuse) the current recipe's image; one build at a time."""
 

@@ -28,13 +28,16 @@ def get_operation(op_id: OpId, ctx: Ctx) -> OperationView:
     return ctx.ops.get(op_id).view()
 
 
-@router.get("/{op_id}/events", response_class=StreamingResponse, responses=sse.SSE_RESPONSE)
-def operation_events(
-    op_id: OpId, ctx: Ctx,
-    last_event_id: Annotated[int | None, Header(ge=-1, description="resume after this line")]
-    = None,
-) -> StreamingResponse:
+# What a reconnecting EventSource sends: the id of the last event it got (a line index).
+# Not nullable: a header is absent or a number (the document must not offer 'null').
+LastEventId = Annotated[int, Header(ge=-1, description="resume after this progress line "
+                                                      "(the last event id received)")]
+
+
+@router.get("/{op_id}/events", response_class=StreamingResponse,
+            responses=sse.OPERATION_EVENTS)
+def operation_events(op_id: OpId, ctx: Ctx, last_event_id: LastEventId = -1
+                     ) -> StreamingResponse:
     """Progress lines as ``progress`` events, then a final ``succeeded`` or ``failed``
     event carrying the operation."""
-    start = 0 if last_event_id is None else last_event_id + 1
-    return sse.response(sse.operation_events(ctx.ops.get(op_id), start))
+    return sse.response(sse.operation_events(ctx.ops.get(op_id), last_event_id + 1))

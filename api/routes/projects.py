@@ -24,7 +24,7 @@ from api.models import (
     SnapshotPath,
 )
 from api.operations import OperationView, Progress
-from api.routes.common import PROTECTED, accepted
+from api.routes.common import ACCEPTED, PROTECTED, accepted
 from orchestrator.views import SnapshotView
 
 router = APIRouter(prefix="/projects", tags=["projects"], **PROTECTED)
@@ -39,7 +39,7 @@ def list_projects(ctx: Ctx) -> list[ProjectSummary]:
     return [ProjectSummary.of(v) for v in ctx.host.projects().list_projects()]
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=ACCEPTED)
 def create_project(body: ProjectCreate, ctx: Ctx, response: Response) -> OperationView:
     """Create a project VM, empty or with a clone of ``repo`` (an operation); a taken
     name fails at once."""
@@ -65,7 +65,7 @@ def project_info(name: ProjectPath, ctx: Ctx) -> ProjectDetail:
     return ProjectDetail.of_info(ctx.host.projects().info(name))
 
 
-@router.post("/{name}/undo", status_code=202)
+@router.post("/{name}/undo", status_code=202, responses=ACCEPTED)
 def undo_project(name: ProjectPath, ctx: Ctx, response: Response) -> OperationView:
     """Revert the last AI commit as a new commit (an operation: the VM may need
     activating); the model is told in the next chat turn."""
@@ -95,7 +95,7 @@ def rollback_project(name: ProjectPath, snapshot: SnapshotPath, ctx: Ctx) -> Rev
     return RevertResult(name=name, snapshot=snapshot, state=state)
 
 
-@router.post("/{name}/archive", status_code=202)
+@router.post("/{name}/archive", status_code=202, responses=ACCEPTED)
 def archive_project(name: ProjectPath, ctx: Ctx, response: Response) -> OperationView:
     """Stop the VM and compact its disk (an operation); 'restore' brings it back."""
     ctx.host.projects().get(name)
@@ -106,7 +106,7 @@ def archive_project(name: ProjectPath, ctx: Ctx, response: Response) -> Operatio
     return accepted(ctx.ops.start("project archive", name, work), response)
 
 
-@router.post("/{name}/restore", status_code=202)
+@router.post("/{name}/restore", status_code=202, responses=ACCEPTED)
 def restore_project(name: ProjectPath, ctx: Ctx, response: Response,
                     body: ProjectRestore = NO_RESTORE_OPTIONS) -> OperationView:
     """Bring an archived project back, and boot its VM unless ``start`` is false (an

@@ -20,7 +20,7 @@ from api.models import (
     VMStop,
 )
 from api.operations import OperationView, Progress
-from api.routes.common import PROTECTED, accepted
+from api.routes.common import ACCEPTED, PROTECTED, accepted
 from orchestrator import errors_log, views
 from orchestrator.views import ActivateView, ErrorView, FleetView, SnapshotView, VMDetail
 
@@ -38,7 +38,7 @@ async def list_vms(ctx: Ctx) -> Response:
     return Response(body, media_type="application/json")
 
 
-@router.post("", status_code=202)
+@router.post("", status_code=202, responses=ACCEPTED)
 def create_vm(body: VMCreate, ctx: Ctx, response: Response) -> OperationView:
     """Create and boot a VM (an operation); a taken name or unknown image fails at once."""
     ctx.host.vms.check_new(body.name, body.image, body.memory_mib, body.vcpus)
@@ -57,7 +57,7 @@ def vm_info(name: VMPath, ctx: Ctx) -> VMDetail:
     return views.vm_detail(ctx.host.vms, name, ctx.states)
 
 
-@router.post("/{name}/start", status_code=202)
+@router.post("/{name}/start", status_code=202, responses=ACCEPTED)
 def start_vm(name: VMPath, ctx: Ctx, response: Response,
              body: VMStart = NO_START_OPTIONS) -> OperationView:
     """Boot a stopped VM (an operation)."""
@@ -83,7 +83,7 @@ def delete_vm(name: VMPath, ctx: Ctx) -> None:
         ctx.host.vms.delete(name)
 
 
-@router.post("/{name}/activate", status_code=202)
+@router.post("/{name}/activate", status_code=202, responses=ACCEPTED)
 def activate_vm(name: RefPath, ctx: Ctx, response: Response) -> OperationView:
     """Bring the VM to the foreground (an operation that ends when its agent answers)."""
     target = ctx.host.swap.resolve(name).name

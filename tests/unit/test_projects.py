@@ -19,6 +19,7 @@ import pytest
 from core.config import Settings
 from core.errors import AlreadyExists, Conflict, NotFound
 from guest_agent.protocol import Subsystem
+from images.catalog import ImageManifest
 from orchestrator.database import open_database
 from orchestrator.devsessions import DevSessionManager, DevSessionStatus
 from orchestrator.host import Host
@@ -319,3 +320,28 @@ def test_cli_lists_reports_and_refuses_in_one_line(
     sid = sessions.create_session("ann").dev_session_id
     code, _, err = somnus("session", "promote", str(sid)[:8], "--project", "demo")
     assert code == 5 and "has no code yet" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_create_from_a_missing_repository_says_which_and_why(
+        settings: Settings, image: ImageManifest, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        fresh_cli_host: None) -> None:
+    """The clone's own reason, on one line (GitPython's wrapping of git's stderr once left
+    the reason empty: "cannot clone '/nonexistent': ")."""
+    import sys
+
+    from cli import main
+
+    for key, value in (("HOME", settings.home), ("CACHE", settings.cache),
+                       ("LIBVIRT_URI", settings.libvirt_uri),
+                       ("DOMAIN_PREFIX", settings.domain_prefix)):
+        monkeypatch.setenv(f"SOMNUS_{key}", str(value))
+    missing = tmp_path / "nonexistent"
+    monkeypatch.setattr(sys, "argv", ["somnus", "project", "create", "demo", "--repo",
+                                      str(missing)])
+    with pytest.raises(SystemExit) as exited:
+        main()
+    _, err = capsys.readouterr()
+    assert exited.value.code == 2  # InvalidInput
+    assert err.strip() == (f"error: cannot clone '{missing}': "
+                           f"repository '{missing}' does not exist")
