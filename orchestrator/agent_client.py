@@ -229,7 +229,8 @@ class AgentClient:
     # -- memory -------------------------------------------------------------------------
 
     def memory_add(self, item: MemoryCreate) -> MemoryAddResponse:
-        return self._call("POST", "/memory", MemoryAddResponse, 120.0, body=item)
+        # Embedding a 512-token document under TCG takes minutes: wait as long as for chat.
+        return self._call("POST", "/memory", MemoryAddResponse, CHAT_TIMEOUT_S, body=item)
 
     def memory_search(self, request: MemorySearchRequest) -> MemorySearchResponse:
         return self._call("POST", "/memory/search", MemorySearchResponse, 120.0, body=request)
