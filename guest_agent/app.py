@@ -299,8 +299,10 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
     # -- memory ---------------------------------------------------------------
 
     @app.post("/memory")
-    def memory_add(item: MemoryCreate) -> MemoryAddResponse:
+    def memory_add(item: MemoryCreate, background: bool = False) -> MemoryAddResponse:
         require_ready()
+        if background:  # no model work on this request: no queue slot either
+            return agent.memory.add(item, background=True)
         with agent.gate.slot():
             return agent.memory.add(item)
 
@@ -314,7 +316,8 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
         rows, total = agent.memory.store.page(
             offset, min(limit, 1000), memory_type, conversation_id
         )
-        return MemoryListResponse(memories=[m.record for m in rows], total=total)
+        return MemoryListResponse(memories=[m.record for m in rows], total=total,
+                                  pending_embeddings=agent.memory.store.count_pending())
 
     @app.post("/memory/search")
     def memory_search(request: MemorySearchRequest) -> MemorySearchResponse:

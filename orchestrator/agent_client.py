@@ -228,7 +228,11 @@ class AgentClient:
 
     # -- memory -------------------------------------------------------------------------
 
-    def memory_add(self, item: MemoryCreate) -> MemoryAddResponse:
+    def memory_add(self, item: MemoryCreate, background: bool = False) -> MemoryAddResponse:
+        """Store a memory; ``background`` returns once it is stored, before it is embedded."""
+        if background:
+            return self._call("POST", "/memory", MemoryAddResponse, 30.0, body=item,
+                              params={"background": "true"})
         # Embedding a 512-token document under TCG takes minutes: wait as long as for chat.
         return self._call("POST", "/memory", MemoryAddResponse, CHAT_TIMEOUT_S, body=item)
 

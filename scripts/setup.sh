@@ -108,7 +108,7 @@ case "$ACTION" in
     step "guest image (cached by recipe hash)"
     $SUDO "$VENV/bin/somnus" image build
     step "tests"
-    $SUDO "$VENV/bin/pytest" tests/unit tests/vm
+    $SUDO "$VENV/bin/pytest" --durations=30 tests/unit tests/vm
     ;;
   deps) ;;
   *) echo "usage: $0 demo|test|deps" >&2; exit 2 ;;

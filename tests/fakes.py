@@ -97,12 +97,12 @@ class StandInAgent:
             {**base, "choices": [{"delta": {}, "finish_reason": "stop"}], "usage": _USAGE,
              "timings": _TIMINGS, "somnus": _REPORT})
 
-    def memory_add(self, item: MemoryCreate) -> MemoryAddResponse:
+    def memory_add(self, item: MemoryCreate, background: bool = False) -> MemoryAddResponse:
         self._check("memory_add")
         record = MemoryRecord(**item.model_dump(), memory_id=f"m{len(self.memories)}",
                               content_hash="h", created_at=1.0, last_accessed=1.0)
         self.memories.append(record)
-        return MemoryAddResponse(memory=record, deduplicated=False)
+        return MemoryAddResponse(memory=record, deduplicated=False, embedding_pending=background)
 
     def memory_search(self, request: MemorySearchRequest) -> MemorySearchResponse:
         self._check("memory_search")

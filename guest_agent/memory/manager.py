@@ -3,6 +3,11 @@
 The store opens at once (list, get and export work while the model loads);
 search and add need ``attach`` with an embedder, which loads the saved FAISS
 index or rebuilds it from SQLite when it is missing, corrupt or stale.
+
+A memory added with ``background=True`` is stored at once and embedded by one
+worker thread soon after: under TCG a short document takes minutes to embed, and
+importing a project should not wait for that. It is listed at once and found by
+search once its vector is in the index.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ log = logging.getLogger(__name__)
 DB_FILE = "memory.sqlite3"
 INDEX_FILE = "memory.faiss"
 REEMBED_BATCH = 64
+# The worker embeds this many at a time, so a search waits behind one small batch at most.
+BACKGROUND_BATCH = 4
+RETRY_AFTER_S = 30.0  # after an embedding failure, before the worker tries again
 
 
 class Embedder(Protocol):
@@ -112,6 +120,9 @@ class MemoryManager:
         self._index: VectorIndex | None = None
         self._lock = threading.RLock()  # index and its bookkeeping
         self.rebuilt_on_attach = False
+        self._wake = threading.Event()  # set when memories wait for a vector
+        self._closing = False
+        self._worker: threading.Thread | None = None
 
     @property
     def ready(self) -> bool:
@@ -120,6 +131,11 @@ class MemoryManager:
     @property
     def index_size(self) -> int:
         return 0 if self._index is None else self._index.ntotal
+
+    @property
+    def pending(self) -> int:
+        """Memories stored but not embedded yet (not searchable yet)."""
+        return self.store.count_pending()
 
     def _require(self) -> tuple[Embedder, VectorIndex]:
         if self._embedder is None or self._index is None:
@@ -133,7 +149,7 @@ class MemoryManager:
         with self._lock:
             self._embedder = embedder
             self.store.purge_expired()
-            self._embed_missing(embedder)
+            self._embed_stale(embedder)
             loaded = VectorIndex.load(
                 self.index_path,
                 embedder.embedding_dim,
@@ -143,10 +159,15 @@ class MemoryManager:
             )
             self.rebuilt_on_attach = loaded is None
             self._index = loaded if loaded is not None else self._build(embedder.embedding_dim)
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._embed_loop, name="memory-embed",
+                                            daemon=True)
+            self._worker.start()
+        self._wake.set()  # memories left pending by the last run
 
-    def _embed_missing(self, embedder: Embedder) -> None:
-        """Embed rows stored without a vector from the current model (model changed, import)."""
-        todo = self.store.missing_embeddings(embedder.model_id, embedder.embedding_dim)
+    def _embed_stale(self, embedder: Embedder) -> None:
+        """Embed again the rows another model embedded: their vectors cannot share an index."""
+        todo = self.store.stale_embeddings(embedder.model_id, embedder.embedding_dim)
         for start in range(0, len(todo), REEMBED_BATCH):
             batch = todo[start : start + REEMBED_BATCH]
             vectors = embedder.embed([m.record.content for m in batch], truncate=True).vectors
@@ -183,15 +204,55 @@ class MemoryManager:
                 index_rebuilt=rebuilt,
             )
 
+    def _embed_loop(self) -> None:
+        while not self._closing:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                while not self._closing and self.embed_pending(BACKGROUND_BATCH):
+                    pass
+            except Exception:
+                log.exception("embedding pending memories failed; retrying in %.0f s",
+                              RETRY_AFTER_S)
+                time.sleep(RETRY_AFTER_S)
+                self._wake.set()
+
+    def embed_pending(self, limit: int) -> int:
+        """Embed up to ``limit`` memories stored without a vector and index them.
+
+        The embedding runs outside the lock (searches and adds go on); a memory
+        deleted meanwhile is skipped. Returns how many were indexed.
+        """
+        embedder, index = self._require()
+        todo = self.store.pending_embeddings(limit)
+        if not todo:
+            return 0
+        vectors = embedder.embed([m.record.content for m in todo], truncate=True).vectors
+        with self._lock:
+            seqs = [m.seq for m in todo]
+            filled = set(self.store.fill_embeddings(seqs, vectors, embedder.model_id))
+            keep = [i for i, seq in enumerate(seqs) if seq in filled]
+            if keep:
+                index.add(np.asarray([seqs[i] for i in keep], dtype=np.int64), vectors[keep])
+        return len(todo)
+
     def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._worker is not None:
+            # A batch in flight finishes first; its rows stay pending if it does not.
+            self._worker.join(timeout=5)
         if self.ready:
             self.flush()
         self.store.close()
 
     # -- writes -----------------------------------------------------------------
 
-    def add(self, item: MemoryCreate) -> MemoryAddResponse:
-        """Store one memory, or return the existing one with the same content."""
+    def add(self, item: MemoryCreate, background: bool = False) -> MemoryAddResponse:
+        """Store one memory, or return the existing one with the same content.
+
+        With ``background`` the vector is computed later by the worker (see the module).
+        """
         embedder, index = self._require()
         now = time.time()
         with self._lock:
@@ -200,6 +261,12 @@ class MemoryManager:
                 return MemoryAddResponse(
                     memory=self._keep(existing, item.importance, now), deduplicated=True
                 )
+            if background:
+                record = new_record(item, now)
+                self.store.insert_many([record], None, None)
+                self._wake.set()
+                return MemoryAddResponse(memory=record, deduplicated=False,
+                                         embedding_pending=True)
             emb = embedder.embed([item.content], truncate=True)
             record = new_record(item, now)
             seqs = self.store.insert_many([record], emb.vectors, embedder.model_id)

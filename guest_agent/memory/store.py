@@ -375,12 +375,39 @@ class MemoryStore:
             ).fetchone()
         return int(row[0])
 
-    def missing_embeddings(self, model: str, dim: int) -> list[StoredMemory]:
-        """Memories with no embedding from ``model`` at ``dim`` (to embed again)."""
+    def stale_embeddings(self, model: str, dim: int) -> list[StoredMemory]:
+        """Memories embedded by another model (or at another size): to embed again."""
         return self._select(
-            "WHERE embedding IS NULL OR embedding_model IS NOT ? OR length(embedding) != ?",
+            "WHERE embedding IS NOT NULL AND (embedding_model IS NOT ? OR length(embedding) != ?)",
             (model, dim * 4),
         )
+
+    def pending_embeddings(self, limit: int) -> list[StoredMemory]:
+        """The oldest memories stored without a vector (added in the background)."""
+        return self._select("WHERE embedding IS NULL ORDER BY seq LIMIT ?", (limit,))
+
+    def count_pending(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT COUNT(*) FROM memories WHERE embedding IS NULL")
+            return int(row.fetchone()[0])
+
+    def fill_embeddings(self, seqs: Sequence[int], vectors: np.ndarray, model: str) -> list[int]:
+        """Give vectors to rows still without one; returns the seqs filled (others were
+        deleted meanwhile)."""
+        filled: list[int] = []
+        with self._lock:
+            self._db.execute("BEGIN")
+            for i, seq in enumerate(seqs):
+                cur = self._db.execute(
+                    "UPDATE memories SET embedding = ?, embedding_model = ? "
+                    "WHERE seq = ? AND embedding IS NULL",
+                    (vectors[i].astype(np.float32).tobytes(), model, seq),
+                )
+                if cur.rowcount:
+                    filled.append(seq)
+            self._bump()
+            self._db.execute("COMMIT")
+        return filled
 
     def iter_embeddings(self, batch: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(seqs, vectors) of every stored embedding, in batches, for an index rebuild."""

@@ -518,6 +518,8 @@ class MemoryAddResponse(BaseModel):
     memory: MemoryRecord
     deduplicated: bool
     embedding_truncated: bool = False
+    # Added with ``?background=true``: stored now, embedded (and so searchable) soon after.
+    embedding_pending: bool = False
 
 
 class MemorySearchRequest(BaseModel):
@@ -540,6 +542,7 @@ class MemorySearchResponse(BaseModel):
 class MemoryListResponse(BaseModel):
     memories: list[MemoryRecord]
     total: int
+    pending_embeddings: int = 0  # stored, not yet searchable (embedding in the background)
 
 
 class MemoryImportResponse(BaseModel):

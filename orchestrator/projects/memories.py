@@ -26,8 +26,7 @@ MAX_MEMORY_CHARS = 8000  # one memory; embeddings see far less, the prompt may s
 SUMMARY_CHUNK_CHARS = 3000  # file summaries per memory: a few dozen files each
 MAX_SUMMARY_FILES = 400
 FIRST_LINES = 3
-# A busy TCG guest can embed slower than the client waits; the retry is safe because the
-# agent deduplicates by content hash (and queues it behind the first, which then finishes).
+# The retry is safe: the agent deduplicates by content hash.
 ATTEMPTS = 2
 Metadata = dict[str, str | int | float | bool | None]
 
@@ -39,12 +38,15 @@ class MemoryReport:
     wanted: int = 0
     stored: int = 0
     deduplicated: int = 0
+    embedding_pending: int = 0  # stored; searchable once the VM has embedded them
     failed: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         text = f"{self.stored}/{self.wanted} memories stored"
         if self.deduplicated:
             text += f" ({self.deduplicated} already there)"
+        if self.embedding_pending:
+            text += f", {self.embedding_pending} being embedded in the VM"
         if self.failed:
             text += f"; {len(self.failed)} failed: {self.failed[0]}"
         return text
@@ -170,7 +172,11 @@ def wait_model(agent: AgentClient, timeout_s: float) -> str | None:
 
 
 def store(agent: AgentClient, items: list[MemoryCreate], wait_s: float) -> MemoryReport:
-    """Add ``items`` one by one; failures are counted, not raised."""
+    """Add ``items`` one by one; failures are counted, not raised.
+
+    They are embedded in the VM's background: under TCG a document takes minutes to
+    embed, and the user should not wait for that to use the project.
+    """
     report = MemoryReport(wanted=len(items))
     if not items:
         return report
@@ -182,7 +188,7 @@ def store(agent: AgentClient, items: list[MemoryCreate], wait_s: float) -> Memor
         added = None
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                added = agent.memory_add(item)
+                added = agent.memory_add(item, background=True)
                 break
             except GuestError as exc:
                 if attempt == ATTEMPTS:
@@ -190,4 +196,5 @@ def store(agent: AgentClient, items: list[MemoryCreate], wait_s: float) -> Memor
         if added is not None:
             report.stored += 1
             report.deduplicated += added.deduplicated
+            report.embedding_pending += added.embedding_pending
     return report

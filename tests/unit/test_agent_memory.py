@@ -209,3 +209,66 @@ def test_memory_endpoints(agent_client: TestClient) -> None:
     assert agent_client.delete(f"/memory/{memory_id}", headers=AUTH).json()["deleted"]
     assert agent_client.get(f"/memory/{memory_id}", headers=AUTH).status_code == 404
     assert agent_client.delete(f"/memory/{memory_id}", headers=AUTH).status_code == 404
+
+
+def wait_embedded(memory: MemoryManager, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while memory.pending and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert memory.pending == 0, "the background worker left memories unembedded"
+
+
+def test_background_add_is_listed_at_once_and_found_once_embedded(
+    tmp_path: Path, agent_runtime: ModelRuntime
+) -> None:
+    memory = open_memory(tmp_path, agent_runtime)
+    added = memory.add(MemoryCreate(content=FACTS["dog"]), background=True)
+    assert added.embedding_pending and not added.deduplicated
+    assert memory.get_memory_by_id(added.memory.memory_id).content == FACTS["dog"]
+    again = memory.add(MemoryCreate(content=FACTS["dog"]), background=True)
+    assert again.deduplicated and not again.embedding_pending
+    wait_embedded(memory)
+    assert memory.index_size == 1
+    assert top(memory, QUERIES["dog"]) == added.memory.memory_id
+    memory.close()
+
+
+def test_pending_memories_are_embedded_after_a_restart(
+    tmp_path: Path, agent_runtime: ModelRuntime
+) -> None:
+    memory = MemoryManager(tmp_path)
+    # Stored before the agent died, never embedded: what a crash mid-import leaves.
+    memory.store.insert_many([new_record(MemoryCreate(content=FACTS["paris"]), time.time())],
+                             None, None)
+    memory.store.close()
+    again = open_memory(tmp_path, agent_runtime)
+    wait_embedded(again)
+    assert top(again, QUERIES["paris"]) is not None
+    again.close()
+
+
+def test_a_memory_deleted_while_pending_is_not_indexed(
+    tmp_path: Path, agent_runtime: ModelRuntime
+) -> None:
+    memory = MemoryManager(tmp_path)
+    records = [new_record(MemoryCreate(content=text), time.time()) for text in FACTS.values()]
+    memory.store.insert_many(records, None, None)
+    vectors = agent_runtime.embed([r.content for r in records], truncate=True).vectors
+    memory.store.delete(records[0].memory_id)  # between the embedding and its write
+    filled = memory.store.fill_embeddings(list(range(1, len(records) + 1)), vectors,
+                                          agent_runtime.model_id)
+    assert filled == list(range(2, len(records) + 1))
+    memory.store.close()
+
+
+def test_background_endpoint_and_pending_count(agent_client: TestClient) -> None:
+    r = agent_client.post("/memory", params={"background": "true"},
+                          json={"content": FACTS["revenue"]}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["embedding_pending"], r.text
+    deadline = time.monotonic() + 60
+    while agent_client.get("/memory", headers=AUTH).json()["pending_embeddings"]:
+        assert time.monotonic() < deadline, "still pending after 60 s"
+        time.sleep(0.05)
+    hits = agent_client.post("/memory/search", json={"query": QUERIES["revenue"], "top_k": 1},
+                             headers=AUTH).json()["hits"]
+    assert hits[0]["memory"]["content"] == FACTS["revenue"]

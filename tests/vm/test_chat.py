@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guest_agent.protocol import PromptLayerName
+from guest_agent.protocol import MemoryType, PromptLayerName
 from guest_agent.runtime import default_model_path
 from orchestrator.vms import VMService
 
@@ -28,36 +28,29 @@ def wait_model_ready(service: VMService, name: str, timeout_s: float = 300) -> N
     service.agent(service.store.get_vm(name)).wait_model(timeout_s)
 
 
-def test_a_fact_told_once_is_recalled_through_memory(booted_vm: str, service: VMService,
-                                                     vm_env: dict[str, str]) -> None:
-    # Inference under TCG runs at a few tokens/s: two short turns, nothing more.
+def test_a_turn_in_the_vm_streams_and_is_kept_in_memory(booted_vm: str, service: VMService,
+                                                        vm_env: dict[str, str]) -> None:
+    # Inference under TCG runs ~300x slower than on the host: one short turn, nothing more.
+    # Recall through the MEMORY layer is driven with the real model on the host
+    # (tests/unit/test_agent_chat.py); here the same agent answers through the VM's port.
     wait_model_ready(service, booted_vm)
-    told = somnus(vm_env, "chat", booted_vm, "--new", "--max-tokens", "4",
+    told = somnus(vm_env, "chat", booted_vm, "--new", "--max-tokens", "2",
                   "-m", "My favourite colour is teal.")  # streamed to stdout
     assert told.returncode == 0, told.stderr
     assert told.stdout.strip()
     assert "tokens" in told.stderr  # the per-answer report line
-    first_conversation = service.store.cache(booted_vm)
-    assert first_conversation is not None and "teal" in first_conversation.last_prompt
-
-    # A new conversation: nothing in working memory, so only MEMORY can bring the fact back.
-    asked = somnus(vm_env, "chat", booted_vm, "--new", "--max-tokens", "4",
-                   "--temperature", "0", "-m", "Which colour do I like best?", "--json")
-    assert asked.returncode == 0, asked.stderr
-    second = json.loads(asked.stdout)
-    assert second["choices"][0]["message"]["content"].strip()
-    assert second["somnus"]["conversation_id"] != first_conversation.conversation_id
-    assert second["somnus"]["memories_used"]
-    layers = [layer["layer"] for layer in second["somnus"]["layers"]]
-    order = [name.value for name in PromptLayerName]
-    assert layers == sorted(layers, key=order.index) and layers[-1] == "user_input"
+    conversation = service.store.cache(booted_vm)
+    assert conversation is not None and "teal" in conversation.last_prompt
 
     shown = somnus(vm_env, "prompt", "show", booted_vm, "--json")
     assert shown.returncode == 0, shown.stderr
-    prompt = json.loads(shown.stdout)
-    recalled = " ".join(m["content"] for layer in prompt["layers"]
-                        if layer["layer"] == PromptLayerName.MEMORY for m in layer["messages"])
-    assert "teal" in recalled.lower()
+    layers = [layer["layer"] for layer in json.loads(shown.stdout)["layers"]]
+    order = [name.value for name in PromptLayerName]
+    assert layers == sorted(layers, key=order.index) and layers[-1] == "user_input"
+    agent = service.agent(service.store.get_vm(booted_vm))
+    turns = agent.memory_list(memory_type=MemoryType.CONVERSATION).memories
+    assert [t.conversation_id for t in turns] == [conversation.conversation_id]
+    assert "teal" in turns[0].content
 
 
 def test_memory_add_search_export_import(booted_vm: str, vm_env: dict[str, str],
