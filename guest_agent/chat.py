@@ -226,7 +226,13 @@ class ChatEngine:
         ]
 
     def remember(self, turn: Turn) -> str | None:
-        """Store the finished turn (user message + answer) as a conversation memory."""
+        """Store the finished turn (user message + answer) as a conversation memory.
+
+        It is embedded in the background, so the answer ends without waiting for that
+        (minutes under TCG). The worker wakes at once and holds the runtime's embedding
+        lock before a next request can arrive, so the next turn's search, queued behind
+        it on that lock, finds this turn.
+        """
         if not turn.request.somnus.store or not self.memory.ready:
             return None
         added = self.memory.add(
@@ -236,6 +242,7 @@ class ChatEngine:
                 importance=MemoryImportance.MEDIUM,
                 conversation_id=turn.conversation_id,
                 metadata={"strategy": turn.strategy.name.value, "role": turn.strategy.role},
-            )
+            ),
+            background=True,
         )
         return added.memory.memory_id
