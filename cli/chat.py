@@ -149,7 +149,8 @@ def memory_export(
         sys.stdout.write(text)
     else:
         output.write_text(text)
-        err.print(f"{len(text.splitlines())} memories written to {output}")
+        count = text.count("\n")  # one JSON line each; not splitlines (U+2028 in a text)
+        err.print(f"{count} memories written to {output}")
 
 
 @memory_app.command("import")

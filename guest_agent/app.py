@@ -332,7 +332,9 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
     @app.post("/memory/import")
     async def memory_import(request: Request) -> MemoryImportResponse:
         require_ready()
-        lines = (await request.body()).decode().splitlines()
+        # "\n" only: str.splitlines also cuts at U+2028, U+0085 and the like, which JSON
+        # leaves unescaped inside a memory's text.
+        lines = (await request.body()).decode().split("\n")
 
         def run() -> MemoryImportResponse:
             with agent.gate.slot():

@@ -54,6 +54,9 @@ from orchestrator.store import Store
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 
 
+MAX_DESCRIPTION = 1000  # characters of a snapshot's description
+
+
 def validate_name(name: str, what: str = "VM") -> None:
     """Names double as hostnames and libvirt names: keep them DNS-safe."""
     if not NAME_RE.fullmatch(name) or "--" in name:
@@ -469,6 +472,11 @@ class VMService:
     def snapshot_create(self, name: str, snapshot: str, description: str = "") -> SnapshotInfo:
         """Snapshot the disk, and the memory when the VM runs (internal qcow2 snapshot)."""
         validate_name(snapshot, what="snapshot")
+        if len(description) > MAX_DESCRIPTION or any(
+                ord(c) < 32 and c not in "\t\n" for c in description):
+            # It goes into libvirt's XML, which cannot carry control characters.
+            raise InvalidInput(f"invalid snapshot description: use at most {MAX_DESCRIPTION} "
+                               "characters and no control characters")
         with self.changing():
             record = self.store.get_vm(name)
             self._require_domain(record)

@@ -272,3 +272,12 @@ def test_background_endpoint_and_pending_count(agent_client: TestClient) -> None
     hits = agent_client.post("/memory/search", json={"query": QUERIES["revenue"], "top_k": 1},
                              headers=AUTH).json()["hits"]
     assert hits[0]["memory"]["content"] == FACTS["revenue"]
+
+
+def test_import_keeps_a_line_separator_inside_a_memory(agent_client: TestClient) -> None:
+    text = "Two lines\u2028in one memory\x85and a next-line mark."
+    agent_client.post("/memory", json={"content": text}, headers=AUTH)
+    exported = agent_client.get("/memory/export", headers=AUTH).text
+    imported = agent_client.post("/memory/import", content=exported, headers=AUTH)
+    assert imported.status_code == 200, imported.text
+    assert imported.json() == {"imported": 0, "deduplicated": 1}

@@ -158,3 +158,10 @@ def test_undecodable_libvirt_error_is_still_one_clear_line() -> None:
     except SystemError as exc:
         line = _one_line(exc)
     assert "undecodable" in line and "\n" not in line
+
+
+@pytest.mark.parametrize("description", ["bell\x07", "nul\x00", "x" * 1001])
+def test_a_snapshot_description_libvirt_cannot_store_is_refused(
+        service: VMService, description: str) -> None:
+    with pytest.raises(InvalidInput, match="snapshot description"):
+        service.snapshot_create("anyvm", "before", description)
