@@ -352,7 +352,7 @@ def test_memory_store_retries_once_and_reports_what_failed() -> None:
             return HealthResponse(status=AgentStatus.OK, vm_name="p", agent_version="0",
                                   uptime_s=1)
 
-        def memory_add(self, item: MemoryCreate) -> MemoryAddResponse:
+        def memory_add(self, item: MemoryCreate, background: bool = False) -> MemoryAddResponse:
             self.tries[item.content] = self.tries.get(item.content, 0) + 1
             if item.content == "bad" or self.tries[item.content] == 1:
                 raise GuestError("agent at x unreachable: timed out")
