@@ -40,8 +40,9 @@ class Laps:
         self.times: dict[str, float] = {}
         self._last = time.monotonic()
 
-    def lap(self, phase: str) -> None:
-        now = time.monotonic()
+    def lap(self, phase: str, at: float | None = None) -> None:
+        """End ``phase`` now, or at the monotonic time ``at`` when it ended earlier."""
+        now = time.monotonic() if at is None else at
         self.times[phase] = round(now - self._last, 3)
         self._last = now
 
@@ -53,6 +54,7 @@ class _Handover:
         self.engine = engine
         self.seq = seq
         self.detail = ""
+        self.closed_at: float | None = None  # monotonic time the row closed: target is up
 
     def started(self) -> None:
         self.engine.store.swap_phase(self.seq, SwapPhase.TO_STARTED)
@@ -129,6 +131,7 @@ class SwapEngine:
             self.faults("to_ready")
             self.store.close_swap(swap.seq, SwapOutcome.DONE, handover.detail)
             self.store.touch(target.name)
+            handover.closed_at = time.monotonic()
         self.settler.settle_later()
 
     def activate(self, ref: str, progress: Progress | None = None) -> ActivateView:
@@ -148,9 +151,13 @@ class SwapEngine:
                 laps.lap("pause")
                 path = self._bring_up(target, entry, laps, progress)
                 entry.detail = path
-            laps.lap("ledger")
+            # The user's wait ends when the ledger row closes. Settling the previous VM
+            # comes after: a detached worker's start, or the whole save when inline.
+            done = entry.closed_at or time.monotonic()
+            laps.lap("ledger", at=done)
+            laps.lap("settle")
             return ActivateView(vm=target.name, previous=previous, path=path,
-                                seconds=round(time.monotonic() - started, 3), seq=entry.seq,
+                                seconds=round(done - started, 3), seq=entry.seq,
                                 timings=laps.times)
 
     def _leaving(self, target: VMRecord) -> list[VMRecord]:

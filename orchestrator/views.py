@@ -140,7 +140,7 @@ class ActivateView(BaseModel):
     vm: str
     previous: str | None
     path: str  # already | resumed | restored | cold-boot | cold-boot-after-bad-save | ...
-    seconds: float
+    seconds: float  # until the target is the foreground; "settle" in timings comes after
     seq: int | None = None
     timings: dict[str, float] = {}
 
