@@ -317,7 +317,7 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
             offset, min(limit, 1000), memory_type, conversation_id
         )
         return MemoryListResponse(memories=[m.record for m in rows], total=total,
-                                  pending_embeddings=agent.memory.store.count_pending())
+                                  pending_embeddings=agent.memory.pending)
 
     @app.post("/memory/search")
     def memory_search(request: MemorySearchRequest) -> MemorySearchResponse:

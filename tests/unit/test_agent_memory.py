@@ -17,7 +17,7 @@ from guest_agent.protocol import (
     MemorySearchRequest,
     MemoryType,
 )
-from guest_agent.runtime import ModelRuntime
+from guest_agent.runtime import Embeddings, ModelRuntime
 from tests.unit.conftest import AUTH
 
 FACTS = {
@@ -247,18 +247,35 @@ def test_pending_memories_are_embedded_after_a_restart(
     again.close()
 
 
-def test_a_memory_deleted_while_pending_is_not_indexed(
+def test_a_memory_deleted_while_it_is_being_embedded_is_not_indexed(
     tmp_path: Path, agent_runtime: ModelRuntime
 ) -> None:
-    memory = MemoryManager(tmp_path)
+    memory = open_memory(tmp_path, agent_runtime)
+    # This test drives the batch itself: the worker is stopped first.
+    memory._closing = True
+    memory._wake.set()
+    assert memory._worker is not None
+    memory._worker.join(timeout=10)
     records = [new_record(MemoryCreate(content=text), time.time()) for text in FACTS.values()]
     memory.store.insert_many(records, None, None)
-    vectors = agent_runtime.embed([r.content for r in records], truncate=True).vectors
-    memory.store.delete(records[0].memory_id)  # between the embedding and its write
-    filled = memory.store.fill_embeddings(list(range(1, len(records) + 1)), vectors,
-                                          agent_runtime.model_id)
-    assert filled == list(range(2, len(records) + 1))
-    memory.store.close()
+
+    class DeletesMidway:
+        """The runtime, but the first memory is deleted while the batch is embedded."""
+
+        model_id = agent_runtime.model_id
+        embedding_dim = agent_runtime.embedding_dim
+
+        def embed(self, texts: list[str], truncate: bool) -> Embeddings:
+            if memory.store.by_id(records[0].memory_id) is not None:
+                memory.delete(records[0].memory_id)
+            return agent_runtime.embed(texts, truncate)
+
+    memory._embedder = DeletesMidway()
+    assert memory.embed_pending(len(records)) == len(records)
+    assert memory.pending == 0 and memory.index_size == len(records) - 1
+    hits = memory.search(MemorySearchRequest(query=QUERIES["dog"], top_k=len(records)))
+    assert records[0].memory_id not in {h.memory.memory_id for h in hits}
+    memory.close()
 
 
 def test_background_endpoint_and_pending_count(agent_client: TestClient) -> None:
