@@ -20,6 +20,10 @@ LOOPBACK = "127.0.0.1"
 # While a guest boots, every probe fails; paramiko would log each failure with a
 # traceback. Failures reach the caller as GuestError instead.
 logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+# What a connection can fail with. paramiko raises a bare EOFError when sshd closes
+# the socket during key exchange (it does while cloud-init restarts it); uncaught,
+# click turned that into a silent "Aborted." in the middle of a boot.
+SSH_FAILURES = (paramiko.SSHException, OSError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ def run(target: SSHTarget, command: str, timeout_s: float = 120.0) -> CommandRes
     """Run ``command`` in the guest and collect its output and exit code."""
     try:
         client = _connect(target, timeout_s=min(timeout_s, 20.0))
-    except (paramiko.SSHException, OSError) as exc:
+    except SSH_FAILURES as exc:
         raise GuestError(f"SSH to {target.host}:{target.port} failed: {exc}") from exc
     try:
         _stdin, stdout, stderr = client.exec_command(command, timeout=timeout_s)
@@ -74,7 +78,7 @@ def run(target: SSHTarget, command: str, timeout_s: float = 120.0) -> CommandRes
         err = stderr.read().decode(errors="replace")
         code = stdout.channel.recv_exit_status()
         return CommandResult(code, out, err)
-    except (TimeoutError, paramiko.SSHException, OSError) as exc:
+    except SSH_FAILURES as exc:  # TimeoutError is an OSError
         raise GuestError(f"SSH command failed: {exc}") from exc
     finally:
         client.close()
@@ -84,7 +88,7 @@ def run(target: SSHTarget, command: str, timeout_s: float = 120.0) -> CommandRes
 def _sftp(target: SSHTarget, timeout_s: float) -> Iterator[paramiko.SFTPClient]:
     try:
         client = _connect(target, timeout_s=min(timeout_s, 20.0))
-    except (paramiko.SSHException, OSError) as exc:
+    except SSH_FAILURES as exc:
         raise GuestError(f"SSH to {target.host}:{target.port} failed: {exc}") from exc
     try:
         sftp = client.open_sftp()
@@ -92,7 +96,7 @@ def _sftp(target: SSHTarget, timeout_s: float) -> Iterator[paramiko.SFTPClient]:
         if channel is not None:
             channel.settimeout(timeout_s)
         yield sftp
-    except (TimeoutError, paramiko.SSHException, OSError) as exc:
+    except SSH_FAILURES as exc:  # TimeoutError is an OSError
         raise GuestError(f"SFTP transfer failed: {exc}") from exc
     finally:
         client.close()
