@@ -1,4 +1,8 @@
-"""``python -m guest_agent [CONFIG]``: serve the agent on all guest interfaces."""
+"""``python -m guest_agent [CONFIG]``: serve the agent on all guest interfaces.
+
+Importing the app (FastAPI, llama.cpp, FAISS, numpy) is most of the agent's
+start-up; it happens first, while cloud-init may still be writing the config.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ import sys
 
 import uvicorn
 
-from guest_agent.app import create_app, load_config
+from guest_agent.app import create_app, wait_for_config
 from guest_agent.protocol import AGENT_CONFIG_PATH
 
 
 def main() -> None:
-    config = load_config(sys.argv[1] if len(sys.argv) > 1 else AGENT_CONFIG_PATH)
+    config = wait_for_config(sys.argv[1] if len(sys.argv) > 1 else AGENT_CONFIG_PATH)
     # 0.0.0.0 inside the guest: only QEMU's loopback port forward on the host reaches it.
     uvicorn.run(create_app(config), host="0.0.0.0", port=config.port, log_level="info")
 

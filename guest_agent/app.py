@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hmac
+import logging
 import platform
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from guest_agent import __version__
 from guest_agent.agent import Agent
@@ -87,6 +88,25 @@ BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 def load_config(path: str | Path = AGENT_CONFIG_PATH) -> AgentConfig:
     """Read the config the orchestrator put in the seed."""
     return AgentConfig.model_validate_json(Path(path).read_text())
+
+
+def wait_for_config(path: str | Path = AGENT_CONFIG_PATH, poll_s: float = 0.2,
+                    sleep: Callable[[float], None] = time.sleep) -> AgentConfig:
+    """The config, once cloud-init has written all of it.
+
+    The agent starts beside cloud-init, not after it (its imports take ~9 s under
+    TCG), so on a first boot the file may be missing, still root's, or half-written.
+    """
+    waiting = False
+    while True:
+        try:
+            return load_config(path)
+        except (OSError, ValidationError) as exc:
+            if not waiting:
+                logging.getLogger(__name__).info("waiting for %s: %s", path,
+                                                 str(exc).splitlines()[0])
+                waiting = True
+            sleep(poll_s)
 
 
 def _package_versions() -> dict[str, str]:

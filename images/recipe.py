@@ -94,7 +94,8 @@ ROOT_LABEL = "somnus-root"
 # Sparse; cloud-init's resizefs grows the filesystem to the VM's overlay size.
 DISK_SIZE_BYTES = 3 * 1024**3
 # No bootloader: the host passes kernel, initrd and this line (direct kernel boot).
-KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=ttyS0"
+# quiet: every kernel line on the emulated UART costs boot time under TCG; warnings still show.
+KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=ttyS0 quiet"
 GUEST_VENV = "/opt/somnus/venv"
 GUEST_AGENT_ROOT = "/opt/somnus/agent"
 

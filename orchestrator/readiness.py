@@ -27,14 +27,26 @@ class Stage:
     check: Callable[[], bool]
 
 
-def cloud_init_result(result_json: str | None) -> bool:
-    """Interpret ``/run/cloud-init/result.json``: absent → not yet; errors → raise."""
-    if not result_json or not result_json.strip():
+# The stages a Somnus image runs; config and final are masked in the image
+# (images/files/hooks/customize.sh), and every module a seed uses is in "init".
+CLOUD_INIT_STAGES = ("init-local", "init")
+CLOUD_INIT_STATUS = "/run/cloud-init/status.json"
+
+
+def cloud_init_done(status_json: str | None) -> bool:
+    """Interpret cloud-init's ``status.json``: init stage finished → done; errors → raise.
+
+    Absent or half-written (read while cloud-init replaces it) means not yet.
+    """
+    try:
+        status = json.loads(status_json or "").get("v1", {})
+    except (json.JSONDecodeError, AttributeError):
         return False
-    errors = json.loads(result_json).get("v1", {}).get("errors", [])
+    stages = [status.get(name) or {} for name in CLOUD_INIT_STAGES]
+    errors = [str(e) for stage in stages for e in stage.get("errors") or []]
     if errors:
         raise CloudInitFailed(f"cloud-init finished with errors: {'; '.join(errors)[:300]}")
-    return True
+    return stages[-1].get("finished") is not None
 
 
 def wait_ready(

@@ -39,7 +39,7 @@ from orchestrator.lifecycle import Lifecycle, Observed, live_state
 from orchestrator.locking import HomeLock
 from orchestrator.models import StateTransition, VMRecord, VMState
 from orchestrator.ports import allocate_ports
-from orchestrator.readiness import Stage, cloud_init_result, wait_ready
+from orchestrator.readiness import CLOUD_INIT_STATUS, Stage, cloud_init_done, wait_ready
 from orchestrator.seams import AgentFactory, FaultHook, Foreground, NoForeground, env_faults
 from orchestrator.ssh import (
     CommandResult,
@@ -189,15 +189,15 @@ class VMService:
         def ssh_ok() -> bool:
             return try_run(target, "true", timeout_s=10) is not None
 
-        def cloud_init_done() -> bool:
-            result = try_run(target, "cat /run/cloud-init/result.json 2>/dev/null", 10)
-            return result is not None and cloud_init_result(result.stdout)
+        def cloud_init_finished() -> bool:
+            result = try_run(target, f"cat {CLOUD_INIT_STATUS} 2>/dev/null", 10)
+            return result is not None and cloud_init_done(result.stdout)
 
         return [
             Stage("domain running", s.timeout_domain_s,
                   lambda: self.hv.is_running(record.domain_name)),
             Stage("ssh", s.timeout_ssh_s, ssh_ok),
-            Stage("cloud-init", s.timeout_cloud_init_s, cloud_init_done),
+            Stage("cloud-init", s.timeout_cloud_init_s, cloud_init_finished),
             Stage("agent", s.timeout_agent_s, lambda: self.agent_answers(record)),
         ]
 

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
-from guest_agent.app import create_app
+from guest_agent.app import create_app, wait_for_config
 from guest_agent.protocol import ChatCompletionRequest, Subsystem
 from guest_agent.runtime import ModelRuntime
 from tests.unit.conftest import (
@@ -165,3 +165,20 @@ def test_prompt_strategy_per_subsystem(
     research = subsystem is Subsystem.RESEARCH
     assert report.strategy == ("prompt_manager" if research else "modifying_prompts")
     assert report.role == ("Researcher" if research else None)
+
+
+def test_the_agent_waits_for_cloud_init_to_finish_writing_its_config(tmp_path: Path) -> None:
+    """Missing, empty, then half-written: the agent starts before the seed's write_files."""
+    path = tmp_path / "agent.json"
+    full = agent_config(tmp_path).model_dump_json()
+    steps = iter([lambda: path.write_text(""), lambda: path.write_text(full[: len(full) // 2]),
+                  lambda: path.write_text(full)])
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        naps.append(seconds)
+        next(steps)()
+
+    config = wait_for_config(path, poll_s=0.05, sleep=sleep)
+    assert config.model_dump_json() == full
+    assert naps == [0.05] * 3

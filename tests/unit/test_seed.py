@@ -44,7 +44,6 @@ def test_user_has_only_the_orchestrator_key_and_no_password() -> None:
     assert user["name"] == "somnus"
     assert user["ssh_authorized_keys"] == [ctx.ssh_authorized_key]
     assert user["lock_passwd"] is True
-    assert data["ssh_pwauth"] is False
     assert "passwd" not in user and "chpasswd" not in data
 
 

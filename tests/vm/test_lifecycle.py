@@ -51,6 +51,16 @@ def test_ssh_runs_a_command_in_the_guest(booted_vm: str, service: VMService,
     assert 'VERSION_ID="12"' in result.stdout
 
 
+def test_sshd_takes_keys_only_and_the_boot_ran_only_the_init_stages(
+        booted_vm: str, service: VMService) -> None:
+    """The image's sshd drop-in stands in for cloud-init's set-passwords (config stage)."""
+    sshd = service.run(booted_vm, "sudo sshd -T").stdout.splitlines()
+    assert "passwordauthentication no" in sshd and "kbdinteractiveauthentication no" in sshd
+    units = service.run(booted_vm, "systemctl is-enabled cloud-config.service "
+                                   "cloud-final.service; systemctl is-active cloud-init.service")
+    assert units.stdout.split() == ["masked", "masked", "active"], units.stdout
+
+
 def test_cli_ssh_passes_command_and_exit_code(booted_vm: str, vm_env: dict[str, str]) -> None:
     ok = somnus(vm_env, "vm", "ssh", booted_vm, "--", "cat", "/etc/hostname")
     assert ok.returncode == 0 and ok.stdout.strip() == booted_vm, ok.stderr
