@@ -121,8 +121,11 @@ def test_agent_unit_and_cloud_config() -> None:
     rootfs = recipe.FILES_DIR / "rootfs"
     unit = (rootfs / "etc/systemd/system/somnus-agent.service").read_text().splitlines()
     for line in (
-        "After=cloud-init.service network.target",
-        "ConditionPathExists=/etc/somnus/agent.json",
+        # Beside cloud-init (the agent waits for its config), stopped before unmounting.
+        "DefaultDependencies=no",
+        "After=local-fs.target systemd-journald.socket",
+        "Conflicts=shutdown.target",
+        "Before=shutdown.target",
         "User=somnus-agent",
         "Environment=PYTHONPATH=/opt/somnus/agent",
         "ExecStart=/opt/somnus/venv/bin/python -m guest_agent",
@@ -133,6 +136,10 @@ def test_agent_unit_and_cloud_config() -> None:
     cfg = yaml.safe_load((rootfs / "etc/cloud/cloud.cfg.d/90_somnus.cfg").read_text())
     assert cfg["datasource_list"] == ["NoCloud", "None"]
     assert cfg["system_info"]["network"]["renderers"] == ["networkd"]
+    # Its stages are masked in the hook; lists for them would only mislead.
+    assert "cloud_config_modules" not in cfg and "cloud_final_modules" not in cfg
+    hook = recipe.CUSTOMIZE_HOOK.read_text()
+    assert "cloud-config.service cloud-final.service" in hook
 
 
 def test_customize_hook_is_valid_sh() -> None:
