@@ -78,7 +78,12 @@ def plan_gc(projects: Iterable[ProjectRow], vm_names: set[str], temp_dir: Path,
             plan.expired.append(row.name)
     if temp_dir.is_dir():
         for entry in sorted(temp_dir.iterdir()):
-            age = now.timestamp() - entry.stat().st_mtime
-            if entry.name.startswith(TEMP_PREFIX) and age > TEMP_GRACE.total_seconds():
+            if not entry.name.startswith(TEMP_PREFIX):
+                continue
+            try:
+                mtime = entry.lstat().st_mtime
+            except FileNotFoundError:
+                continue  # a running command's folder, removed as it finished
+            if now.timestamp() - mtime > TEMP_GRACE.total_seconds():
                 plan.stale_temp.append(entry)
     return plan

@@ -114,6 +114,16 @@ def test_gc_plan(tmp_path: Path) -> None:
     assert plan_gc(rows[1:], vms, tmp_path / "none", now, None).empty
 
 
+def test_gc_plan_skips_a_temp_folder_removed_while_it_lists(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A concurrent command's scratch folder may vanish between listing and stat."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    gone = temp / f"{TEMP_PREFIX}finished"
+    monkeypatch.setattr(Path, "iterdir", lambda self: iter([gone]))
+    assert plan_gc([], set(), temp, utcnow(), None).empty
+
+
 def test_compaction_keeps_the_backing_file_and_the_data(tmp_path: Path) -> None:
     base, overlay = tmp_path / "base.qcow2", tmp_path / "disk.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
