@@ -234,12 +234,12 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
         """Set the guest clock to the host's: a guest restored from a save is behind."""
         skew = time.time() - request.epoch
         if abs(skew) < CLOCK_TOLERANCE_S:
-            return ClockResponse(skew_s=skew, set=False)
+            return ClockResponse(skew_s=skew, set=False, vm_name=config.vm_name)
         try:
             time.clock_settime(time.CLOCK_REALTIME, request.epoch)
         except PermissionError:  # the unit grants CAP_SYS_TIME; without it, report
-            return ClockResponse(skew_s=skew, set=False)
-        return ClockResponse(skew_s=skew, set=True)
+            return ClockResponse(skew_s=skew, set=False, vm_name=config.vm_name)
+        return ClockResponse(skew_s=skew, set=True, vm_name=config.vm_name)
 
     @app.get("/info")
     def info() -> InfoResponse:

@@ -40,6 +40,7 @@ class DomainSpec:
     vm_name: str = ""  # the Somnus name (the domain's carries the home's prefix)
     owner_home: str = ""  # the Somnus home whose record owns this domain
     tb_cache_mib: int = 0  # TCG translation cache; 0 leaves QEMU's default (1 GiB)
+    ram_file: bool = False  # guest RAM as a shared file mapping (see orchestrator.eviction)
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -81,6 +82,11 @@ def build_domain_xml(spec: DomainSpec) -> str:
     _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "currentMemory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(spec.vcpus))
+    if spec.ram_file:
+        # A file in libvirt's memory_backing_dir, mapped shared: pages can go out to disk.
+        backing = _sub(domain, "memoryBacking")
+        _sub(backing, "source", type="file")
+        _sub(backing, "access", mode="shared")
     metadata = _sub(domain, "metadata")
     ET.SubElement(metadata, f"{{{SOMNUS_NS}}}vm", name=spec.vm_name, home=spec.owner_home)
 

@@ -1,6 +1,6 @@
 """The one owner of VM state: every move of a VM, in libvirt and in the store together.
 
-Each verb (register, boot, pause, resume, save, restore, stop, revert, destroy) makes
+Each verb (register, boot, pause, resume, evict, save, restore, stop, revert, destroy) makes
 the libvirt call and records the transition, checked against :data:`ALLOWED`, with
 its reason. Every verb that brings a VM into RAM first passes :meth:`Lifecycle.admit`:
 its RAM plus QEMU's overhead must fit the memory budget as measured on the host, and
@@ -24,6 +24,7 @@ import psutil
 from core.config import Settings
 from core.errors import Conflict, HypervisorUnavailable, InsufficientResources, NotFound
 from core.types import Progress
+from orchestrator import eviction
 from orchestrator.budget import MIB, BudgetView, Meter, QemuMeter, projected_mib
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import VMRecord, VMState
@@ -193,9 +194,33 @@ class Lifecycle:
         return self._move(record, S.PAUSED, reason)
 
     def resume(self, record: VMRecord, reason: str) -> VMRecord:
+        """Unfreeze a paused VM (RAM paged out to its file faults back in on demand)."""
         self.admit(record)
         self.hv.resume(record.domain_name)
         return self._move(record, S.RUNNING, reason)
+
+    def ram_resident_mib(self, record: VMRecord) -> int | None:
+        """MiB of the VM's file-backed RAM in host memory; None: anonymous RAM or no QEMU."""
+        pid = self.hv.qemu_pid(record.domain_name)
+        return eviction.resident_mib(pid) if pid is not None else None
+
+    def evict(self, record: VMRecord, reason: str) -> eviction.Eviction | None:
+        """Page a paused VM's file-backed RAM out to disk: it stays paused, its QEMU keeps
+        only its own memory, and a resume faults the guest back in. None: nothing to page
+        out (anonymous RAM, or no QEMU process on this host)."""
+        if self.hv.state(record.domain_name) is not S.PAUSED:
+            raise Conflict(f"VM '{record.name}' must be paused to page its RAM out ({reason})")
+        pid = self.hv.qemu_pid(record.domain_name)
+        if pid is None:
+            return None
+        try:
+            result = eviction.page_out(pid)
+        except OSError as exc:
+            raise HypervisorUnavailable(f"cannot page out '{record.name}': {exc}") from exc
+        if result is not None:
+            log.info("evicted '%s' (%s): RAM resident %d -> %d MiB in %.3f s", record.name,
+                     reason, result.before_mib, result.after_mib, result.seconds)
+        return result
 
     def save(self, record: VMRecord, reason: str) -> VMRecord:
         """Managed save: RAM and device state to disk, QEMU gone. Refused without room."""
@@ -242,8 +267,15 @@ class Lifecycle:
              timeout_s: float = 60.0) -> bool:
         """Shut down (ACPI, then power off); True when the guest shut down cleanly.
 
-        A saved VM's save is dropped: stopped means its next start boots cold.
+        A saved VM's save is dropped: stopped means its next start boots cold. A paused
+        guest cannot hear ACPI: it is resumed first when it fits, else powered off.
         """
+        if not force and self.hv.state(record.domain_name) is S.PAUSED:
+            try:
+                self.admit(record)
+                self.hv.resume(record.domain_name)
+            except InsufficientResources:
+                force = True
         clean = self.hv.stop(record.domain_name, timeout_s=timeout_s, force=force)
         if self.hv.has_managed_save(record.domain_name):
             self.hv.remove_managed_save(record.domain_name)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
+from enum import StrEnum
 
 from core.config import SwapPolicy
 from core.errors import GuestError, InsufficientResources, InvalidInput, NotFound
@@ -31,6 +32,17 @@ from orchestrator.views import ActivateView
 from orchestrator.vms import VMService
 
 log = logging.getLogger(__name__)
+# Resident file-backed RAM at or below this share of the guest's is "paged out".
+EVICTED_SHARE = 0.05
+
+
+class Tier(StrEnum):
+    """Where a VM out of the foreground rests, from the fastest to come back to the cheapest."""
+
+    PAUSED = "paused"  # vCPUs frozen, RAM resident: back in a resume
+    EVICTED = "evicted"  # paused, its file-backed RAM paged out to disk: back in a resume
+    SAVED = "saved"  # managed save: QEMU gone, RAM and devices in a file
+    STOPPED = "stopped"
 
 
 class Laps:
@@ -185,8 +197,9 @@ class SwapEngine:
                    - budget.resident_mib.get(target.name, 0))
 
     def _make_room(self, target: VMRecord, progress: Progress | None) -> None:
-        """Save least recently used resident VMs until the target fits the budget."""
+        """Page out, then save, least recently used resident VMs until the target fits."""
         budget = self._budget()
+        paged_out: set[str] = set()
         while not budget.fits(self._need(target, budget)):
             candidates = sorted(
                 (r for r in self.store.list_vms()
@@ -199,9 +212,13 @@ class SwapEngine:
                     f"is {budget.limit_mib} MiB (SOMNUS_MEMORY_BUDGET_MIB)"
                 )
             victim = candidates[0]
+            tier = Tier.SAVED
+            if victim.name not in paged_out and self._can_evict(victim):
+                tier = Tier.EVICTED  # cheap (no QEMU restart to come back), so first
+                paged_out.add(victim.name)
             if progress:
-                progress(f"budget: saving '{victim.name}' to make room")
-            self.demote(victim, VMState.SAVED)
+                progress(f"budget: '{victim.name}' -> {tier.value} to make room")
+            self.demote(victim, tier)
             budget = self._budget()
 
     def _bring_up(self, target: VMRecord, entry: Entry, laps: Laps,
@@ -210,8 +227,8 @@ class SwapEngine:
         if live is VMState.RUNNING:
             path = "already-running"
         elif live is VMState.PAUSED:
-            self.lifecycle.resume(target, "activate")
-            path = "resumed"
+            path = "paged-in" if self._is_evicted(target) else "resumed"
+            self.lifecycle.resume(target, f"activate: {path}")
         elif live is VMState.SAVED:
             path = self.lifecycle.restore(target, "activate", progress)
         else:
@@ -222,25 +239,29 @@ class SwapEngine:
         if path.startswith("cold-boot"):
             laps.times.update(self.vms.wait_ready(target, progress))
         else:
-            self._wait_agent(target, timeout_s=60)
+            # A resumed or restored guest's clock stands where it stopped. Setting it is
+            # the probe too: one round trip to a guest that is paging itself back in.
+            self._wait_agent(target, timeout_s=60, probe=lambda: self._clock_synced(target))
             laps.lap("agent")
             self.lifecycle.mark_ready(target, f"activate: {path}")
-            self._sync_clock(target)
-            laps.lap("clock")
         return path
 
-    def _wait_agent(self, record: VMRecord, timeout_s: float) -> float:
+    def _wait_agent(self, record: VMRecord, timeout_s: float,
+                    probe: Callable[[], bool] | None = None) -> float:
+        answers = probe or (lambda: self.vms.agent_answers(record, timeout_s=2))
         return wait_ready(
-            record.name,
-            [Stage("agent", timeout_s, lambda: self.vms.agent_answers(record, timeout_s=2))],
+            record.name, [Stage("agent", timeout_s, answers)],
             alive=lambda: self.hv.is_running(record.domain_name),
             log_path=str(self.vms.paths(record.name).serial_log), poll_s=0.05,
         )["agent"]
 
-    def _sync_clock(self, record: VMRecord) -> None:
-        """A restored guest's clock stands where it was saved: set it to the host's."""
-        with suppress(GuestError):  # best effort: a wrong clock must not fail the swap
-            self.vms.agent(record).sync_clock()
+    def _clock_synced(self, record: VMRecord) -> bool:
+        """Set the guest's clock to the host's; True once the VM's own agent did it."""
+        try:
+            answered = self.vms.agent(record).sync_clock(timeout_s=2).vm_name
+        except GuestError:
+            return False
+        return answered in (record.name, None)  # None: an agent from before vm_name
 
     def _pause(self, record: VMRecord) -> None:
         self._flush(record)
@@ -256,16 +277,33 @@ class SwapEngine:
 
     # -- tiers ----------------------------------------------------------------------------
 
-    def demote(self, record: VMRecord, tier: VMState) -> None:
-        """Move a non-foreground VM to ``tier``: PAUSED, SAVED or STOPPED."""
+    def _can_evict(self, record: VMRecord) -> bool:
+        """Has the VM file-backed RAM in a QEMU process here (so it can be paged out)?"""
+        return self.lifecycle.ram_resident_mib(record) is not None
+
+    def _is_evicted(self, record: VMRecord) -> bool:
+        resident = self.lifecycle.ram_resident_mib(record)
+        return resident is not None and resident <= record.memory_mib * EVICTED_SHARE
+
+    def _in_tier(self, record: VMRecord, tier: Tier) -> bool:
         live = self.hv.state(record.domain_name)
-        if live is tier or live in (VMState.STOPPED, VMState.SAVED, VMState.ERROR):
+        if tier is Tier.EVICTED:
+            return live is VMState.PAUSED and self._is_evicted(record)
+        return live.value == tier.value
+
+    def demote(self, record: VMRecord, tier: Tier) -> None:
+        """Move a non-foreground VM to ``tier`` (from RAM; a saved or stopped VM stays)."""
+        live = self.hv.state(record.domain_name)
+        if live in (VMState.STOPPED, VMState.SAVED, VMState.ERROR) or self._in_tier(record, tier):
             return
-        if tier is VMState.PAUSED:
-            self._pause(record)
+        if tier in (Tier.PAUSED, Tier.EVICTED):
+            if live is not VMState.PAUSED:
+                self._pause(record)
+            if tier is Tier.EVICTED:
+                self.lifecycle.evict(record, "out of the foreground")
             return
         self._flush(record)
-        if tier is VMState.SAVED:
+        if tier is Tier.SAVED:
             self.lifecycle.save(record, "demoted: saved")
         else:
             self.lifecycle.stop(record, "demoted: stopped", timeout_s=30)
@@ -279,7 +317,7 @@ class SwapEngine:
                 if record.name == foreground or not self.hv.is_active(record.domain_name):
                     continue
                 tier = self._wanted_tier(record, foreground)
-                if tier is None or self.hv.state(record.domain_name) is tier:
+                if tier is None or self._in_tier(record, tier):
                     continue
                 if progress:
                     progress(f"settle: '{record.name}' -> {tier.value}")
@@ -287,13 +325,17 @@ class SwapEngine:
                 changes.append(f"{record.name} -> {tier.value}")
         return changes
 
-    def _wanted_tier(self, record: VMRecord, foreground: str | None) -> VMState | None:
+    def _wanted_tier(self, record: VMRecord, foreground: str | None) -> Tier | None:
+        # Paging out keeps the QEMU (and a resume's speed); saving is for RAM held anonymously.
+        out = Tier.EVICTED if self._can_evict(record) else Tier.SAVED
         if self.settings.policy is SwapPolicy.BUDGET:
-            return VMState.SAVED if not self._budget().fits(0) else None
+            if self._budget().fits(0):
+                return None
+            return Tier.SAVED if self._is_evicted(record) else out  # paged out and still over
         fg = self.store.find_vm(foreground) if foreground else None
         if fg is not None and self._overlay_allowed(record, fg):
             return None
-        return VMState.SAVED
+        return out
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -346,7 +388,7 @@ class SwapEngine:
             if moving.state in (VMState.CREATING, VMState.ERROR):
                 self.lifecycle.power_off(moving, "swap rolled back")
             else:
-                self.demote(moving, VMState.SAVED)
+                self.demote(moving, Tier.SAVED)
         prev = self.store.find_vm(previous) if previous else None
         if prev is not None and self.hv.exists(prev.domain_name):
             state = self.hv.state(prev.domain_name)

@@ -338,7 +338,7 @@ class VMService:
             serial_log=paths.serial_log, ssh_port=record.ssh_port,
             agent_port=record.agent_port, agent_guest_port=self.settings.agent_guest_port,
             vm_name=record.name, owner_home=str(self.settings.home),
-            tb_cache_mib=self.settings.tb_cache_mib,
+            tb_cache_mib=self.settings.tb_cache_mib, ram_file=self.settings.ram_file,
         )))
         return record
 
@@ -349,8 +349,9 @@ class VMService:
             record = self.store.get_vm(name)
             self._require_domain(record)
             if self.hv.is_active(record.domain_name):
-                raise Conflict(f"VM '{name}' is already running "
-                               f"(bring it forward: 'somnus activate {name}')")
+                live = self.hv.state(record.domain_name).value
+                raise Conflict(f"VM '{name}' is already up ({live}): bring it forward with "
+                               f"'somnus activate {name}'")
             with self.foreground.entering(record, progress) as entry:
                 if self.hv.state(record.domain_name) is VMState.SAVED:
                     self.lifecycle.restore(record, "started", progress)

@@ -16,6 +16,7 @@ from guest_agent.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ClockResponse,
     HealthResponse,
     InfoResponse,
     MemoryAddResponse,
@@ -71,8 +72,9 @@ class StandInAgent:
                             kernel="stand-in", python="3", agent_version="t", packages={},
                             models=[])
 
-    def sync_clock(self, timeout_s: float = 5.0) -> None:
+    def sync_clock(self, timeout_s: float = 5.0) -> ClockResponse:
         self._check("clock")
+        return ClockResponse(skew_s=0.0, set=False, vm_name=self.name)
 
     def _answer(self, request: ChatCompletionRequest) -> str:
         return f"{self.name} heard: {request.messages[-1].content}"

@@ -568,6 +568,7 @@ class ClockRequest(BaseModel):
 class ClockResponse(BaseModel):
     skew_s: float  # guest minus host before the correction
     set: bool
+    vm_name: str | None = None  # who answered: a resumed VM's first call doubles as its probe
 
 
 class MemoryDeleteResponse(BaseModel):

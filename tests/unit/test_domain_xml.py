@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from pathlib import Path
 
 from core.config import AccelMode
@@ -78,3 +79,20 @@ def test_network_is_restricted_user_mode_on_loopback_only() -> None:
 def test_serial_is_logged_to_the_vm_folder() -> None:
     log = ET.fromstring(build_domain_xml(make_spec())).find("devices/serial/log")
     assert log is not None and log.get("file") == "/vm/serial.log"
+
+
+def test_guest_ram_is_a_shared_file_only_when_asked() -> None:
+    spec = replace(make_spec(), ram_file=True)
+    backing = ET.fromstring(build_domain_xml(spec)).find("memoryBacking")
+    assert backing is not None
+    assert backing.find("source").get("type") == "file"  # type: ignore[union-attr]
+    assert backing.find("access").get("mode") == "shared"  # type: ignore[union-attr]
+    assert ET.fromstring(build_domain_xml(make_spec())).find("memoryBacking") is None
+
+
+def test_tcg_translation_cache_is_capped_when_asked_and_never_under_kvm() -> None:
+    capped = ET.fromstring(build_domain_xml(replace(make_spec(), tb_cache_mib=256)))
+    tb_cache = capped.find("features/tcg/tb-cache")
+    assert tb_cache is not None and (tb_cache.text, tb_cache.get("unit")) == ("256", "MiB")
+    kvm = ET.fromstring(build_domain_xml(replace(make_spec(AccelMode.KVM), tb_cache_mib=256)))
+    assert kvm.find("features/tcg") is None

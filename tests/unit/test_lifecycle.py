@@ -154,3 +154,16 @@ def test_created_domains_carry_somnus_metadata(host: Host, agents: StandInAgents
     from orchestrator.domain_xml import somnus_owner
 
     assert somnus_owner(host.vms.hv.xml(record.domain_name)) == ("chat", str(host.settings.home))
+
+
+def test_a_paused_vm_is_resumed_to_hear_the_shutdown_or_powered_off_without_room(
+    host: Host, agents: StandInAgents
+) -> None:
+    host.vms.create("chat", Subsystem.CHAT, memory_mib=512, wait=False)
+    host.vms.create("other", Subsystem.RESEARCH, memory_mib=512, wait=False)  # chat paused
+    assert host.vms.stop("chat") is True  # resumed, then a clean ACPI shutdown
+    assert [h.reason for h in host.store.history("chat")][-1] == "stopped"
+    host.vms.create("third", Subsystem.ARTIFACTS, memory_mib=512, wait=False)  # other paused
+    meter_of(host).set(limit=800, rss=700)  # no room to resume 'other'
+    assert host.vms.stop("other") is False
+    assert [h.reason for h in host.store.history("other")][-1] == "stopped (powered off)"

@@ -9,8 +9,11 @@ import pytest
 from core.config import SwapPolicy
 from core.errors import HypervisorUnavailable, InsufficientResources, InvalidInput, NotFound
 from guest_agent.protocol import Subsystem
+from orchestrator import eviction
 from orchestrator.host import Host
+from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import SwapOutcome, SwapPhase, VMState
+from orchestrator.swap import Tier
 from orchestrator.views import status_view
 from orchestrator.vms import VMService
 from tests.fakes import FaultInjected, RaiseAt, StandInAgents, meter_of, settler_of
@@ -98,7 +101,7 @@ def test_budget_saves_least_recently_used_to_make_room(host: Host, agents: Stand
         running_vm(host, name, Subsystem(name))
     host.swap.activate("chat")
     host.swap.activate("research")  # the others paused, all resident
-    host.swap.demote(host.store.get_vm("artifacts"), VMState.SAVED)
+    host.swap.demote(host.store.get_vm("artifacts"), Tier.SAVED)
     assert states(host.vms)["chat"] is VMState.PAUSED
     # Room for two resident VMs (512 + 256 overhead each) but not three.
     meter_of(host).set(limit=1600, rss=700)
@@ -108,6 +111,54 @@ def test_budget_saves_least_recently_used_to_make_room(host: Host, agents: Stand
         "research": VMState.PAUSED,
         "artifacts": VMState.RUNNING,
     }
+
+
+class PagedRam:
+    """File-backed guest RAM as lifecycle sees it (the test driver has no QEMU process):
+    resident MiB per QEMU pid, emptied by a page-out."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.resident: dict[int, int] = {}
+        self.order: list[str] = []
+        monkeypatch.setattr(Hypervisor, "qemu_pid",
+                            lambda _hv, name: 1000 + sum(map(ord, name)))
+        monkeypatch.setattr(eviction, "resident_mib", lambda pid: self.resident.get(pid, 400))
+        monkeypatch.setattr(eviction, "page_out", self._page_out)
+
+    def _page_out(self, pid: int) -> eviction.Eviction:
+        self.order.append("page_out")
+        before, self.resident[pid] = self.resident.get(pid, 400), 0
+        return eviction.Eviction(before, 0, 0.01)
+
+
+def test_with_ram_in_a_file_the_previous_vm_is_paged_out_not_saved(
+    host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ram = PagedRam(monkeypatch)
+    running_vm(host, "chat")
+    running_vm(host, "research", Subsystem.RESEARCH)
+    assert host.swap.settle() == ["chat -> evicted"]
+    assert states(host.vms) == {"chat": VMState.PAUSED, "research": VMState.RUNNING}
+    assert host.swap.settle() == []  # already paged out: nothing to do
+    back = host.swap.activate("chat")
+    assert back.path == "paged-in" and ram.order == ["page_out"]
+    assert host.swap.settle() == ["research -> evicted"]
+    assert not host.vms.hv.has_managed_save(host.store.get_vm("research").domain_name)
+
+
+def test_to_make_room_a_vm_is_paged_out_before_it_is_saved(
+    host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    PagedRam(monkeypatch)
+    host.settings.policy = SwapPolicy.BUDGET
+    running_vm(host, "chat")
+    running_vm(host, "research", Subsystem.RESEARCH)  # chat paused, resident
+    meter_of(host).set(limit=1000, rss=700)  # paging out does not free enough here
+    said: list[str] = []
+    host.swap.activate("chat", progress=said.append)
+    assert said == ["budget: 'research' -> evicted to make room",
+                    "budget: 'research' -> saved to make room"]
+    assert states(host.vms) == {"chat": VMState.RUNNING, "research": VMState.SAVED}
 
 
 def test_budget_refuses_when_nothing_can_make_room(host: Host, agents: StandInAgents) -> None:
@@ -232,6 +283,6 @@ def test_failed_save_leaves_the_vm_as_it_was(
 
     monkeypatch.setattr(hv, "managed_save", disk_full)
     with pytest.raises(HypervisorUnavailable, match="No space"):
-        host.swap.demote(record, VMState.SAVED)
+        host.swap.demote(record, Tier.SAVED)
     assert hv.state(record.domain_name) is VMState.RUNNING
     assert host.store.get_vm("chat").state is VMState.RUNNING

@@ -96,7 +96,7 @@ def test_stop_start_and_state_history(service: VMService) -> None:
     service.stop("chat")
     assert service.store.get_vm("chat").state is VMState.STOPPED
     service.start("chat", wait=False)
-    with pytest.raises(Conflict, match="already running"):
+    with pytest.raises(Conflict, match="already up"):
         service.start("chat", wait=False)
     states = [h.to_state for h in service.store.history("chat")]
     assert states == [VMState.CREATING, VMState.RUNNING, VMState.STOPPED, VMState.RUNNING]

@@ -62,7 +62,7 @@ def image(settings: Settings) -> ImageManifest:
 @pytest.fixture(scope="session")
 def host(settings: Settings) -> Iterator[Host]:
     """The real composition root (real agents, libvirt, SQLite); it settles in-process, so
-    a test sees the previous VM saved as soon as a swap returns. CLI commands the tests
+    a test sees the previous VM paged out as soon as a swap returns. CLI commands the tests
     run settle in their detached worker, as they do for a user."""
     built = Host(settings, settle_inline=True)
     yield built

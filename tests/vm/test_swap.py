@@ -1,5 +1,6 @@
-"""Hot-swap with real VMs: single-active, the budget, kill -9 mid-swap, a corrupt
-save file, a dead QEMU process, snapshots.
+"""Hot-swap with real VMs: single-active (the previous VM paged out to its RAM file),
+the managed-save tier, the budget, kill -9 mid-swap, a corrupt save file, a dead QEMU
+process, snapshots.
 
 Two VMs are booted once for the module; the tests run in file order.
 """
@@ -22,7 +23,7 @@ from orchestrator.budget import qemu_rss_mib
 from orchestrator.host import Host
 from orchestrator.models import SwapOutcome, VMState
 from orchestrator.seams import FAULT_ENV
-from orchestrator.swap import SwapEngine
+from orchestrator.swap import EVICTED_SHARE, SwapEngine, Tier
 from orchestrator.views import status_view
 from orchestrator.vms import VMService
 from tests.vm.sampling import running_vms, sampling
@@ -36,9 +37,10 @@ MEMORY_MIB = 768
 
 
 def mark(service: VMService, name: str) -> None:
-    """A marker file on disk, and a process that only survives a restore from RAM."""
+    """A marker file on disk; a process and a tmpfs file that only survive in RAM."""
     assert service.run(name, f"echo {name}-data > ~/marker && sync").exit_code == 0
-    service.run(name, "nohup sleep 86400 >/dev/null 2>&1 & echo $! > ~/sleeper.pid")
+    in_ram = f"echo {name}-ram > /dev/shm/marker; nohup sleep 86400 >/dev/null 2>&1 & "
+    service.run(name, in_ram + "echo $! > /dev/shm/sleeper.pid")
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +80,9 @@ def running(service: VMService) -> set[str]:
 
 def memory_kept(service: VMService, name: str) -> bool:
     """True when the VM's RAM survived (the sleeper process still lives)."""
-    result = service.run(name, "kill -0 $(cat ~/sleeper.pid) && cat ~/marker")
-    return result.exit_code == 0 and result.stdout.strip() == f"{name}-data"
+    result = service.run(name, "kill -0 $(cat /dev/shm/sleeper.pid) && cat ~/marker "
+                               "/dev/shm/marker")
+    return result.exit_code == 0 and result.stdout.split() == [f"{name}-data", f"{name}-ram"]
 
 
 def test_single_active_a_b_a_keeps_one_running_and_state_intact(
@@ -91,11 +94,26 @@ def test_single_active_a_b_a_keeps_one_running_and_state_intact(
     with sampling(lambda: running(service)) as samples:
         to_b = swap.activate(B)
         back = swap.activate(A)
-    assert to_b.path == "restored" and back.path == "restored"
+    # Each VM out of the foreground was paused and its RAM paged out to its file.
+    assert to_b.path == "paged-in" and back.path == "paged-in", (to_b, back)
     assert samples and all(len(s) <= 1 for s in samples), samples
-    assert service.store.get_vm(B).state is VMState.SAVED
+    record_b = service.store.get_vm(B)
+    assert record_b.state is VMState.PAUSED
+    resident = service.lifecycle.ram_resident_mib(record_b)
+    assert resident is not None and resident <= MEMORY_MIB * EVICTED_SHARE, resident
     assert memory_kept(service, A)
+    assert not service.hv.has_managed_save(service.domain_name(B))
+
+
+def test_a_paged_out_vm_can_still_be_saved_and_restored(service: VMService,
+                                                        pair: tuple[str, str]) -> None:
+    swap = engine(service)
+    swap.demote(service.store.get_vm(B), Tier.SAVED)  # the tier under budget pressure
+    assert service.store.get_vm(B).state is VMState.SAVED
     assert service.hv.has_managed_save(service.domain_name(B))
+    assert swap.activate(B).path == "restored"
+    assert memory_kept(service, B)
+    swap.activate(A)
 
 
 def test_status_reports_foreground_tiers_and_budget(service: VMService,
@@ -103,7 +121,9 @@ def test_status_reports_foreground_tiers_and_budget(service: VMService,
     view = status_view(service)
     assert view.foreground == A and view.policy == "single-active"
     tiers = {v.name: v.tier for v in view.vms}
-    assert tiers == {A: "foreground", B: "saved"}
+    assert tiers == {A: "foreground", B: "paused"}
+    resident = {v.name: v.resident_mib for v in view.vms}
+    assert resident[B] < resident[A]  # B's RAM is in its file on disk
     assert 0 < view.budget_used_mib <= view.budget_limit_mib
 
 
@@ -179,6 +199,7 @@ def test_corrupt_save_file_falls_back_to_cold_boot_with_data_intact(
 ) -> None:
     swap = engine(service)
     swap.activate(A)
+    swap.demote(service.store.get_vm(B), Tier.SAVED)
     domain_b = service.domain_name(B)
     assert service.hv.has_managed_save(domain_b)
     save_file = service.hv.managed_save_path(domain_b)
@@ -191,7 +212,7 @@ def test_corrupt_save_file_falls_back_to_cold_boot_with_data_intact(
     assert any("restore of 'swap-b' failed" in w for w in warnings)
     marker = service.run(B, "cat ~/marker")
     assert marker.stdout.strip() == f"{B}-data"  # the disk survived; only RAM was lost
-    service.run(B, "nohup sleep 86400 >/dev/null 2>&1 & echo $! > ~/sleeper.pid")
+    mark(service, B)
 
 
 def test_dead_qemu_is_detected_and_restarted(service: VMService,
