@@ -37,6 +37,9 @@ def vm_env() -> Iterator[dict[str, str]]:
         "SOMNUS_DOMAIN_PREFIX": f"somnus-t{os.getpid()}-",
         "SOMNUS_PORT_RANGE_START": "44000",
         "SOMNUS_PORT_RANGE_END": "44999",
+        # Guest RAM in a file costs a cold boot here 10-18 s more (first-touch faults);
+        # test_swap.py turns it on for its pair, where paging out is what it tests.
+        "SOMNUS_RAM_FILE": "false",
     }
     yield env
     shutil.rmtree(home, ignore_errors=True)
@@ -62,7 +65,7 @@ def image(settings: Settings) -> ImageManifest:
 @pytest.fixture(scope="session")
 def host(settings: Settings) -> Iterator[Host]:
     """The real composition root (real agents, libvirt, SQLite); it settles in-process, so
-    a test sees the previous VM paged out as soon as a swap returns. CLI commands the tests
+    a test sees the previous VM settled as soon as a swap returns. CLI commands the tests
     run settle in their detached worker, as they do for a user."""
     built = Host(settings, settle_inline=True)
     yield built
