@@ -75,17 +75,15 @@ def populate(home: Path) -> Any:
 
 def serve(home: Path, port: int) -> None:
     """The child: populate the test driver (it lives in this process), then serve."""
-    import uvicorn
-
     from api import create_app
+    from api.server import run
     from orchestrator.live import start_event_loop
 
     start_event_loop()  # before the connection that subscribes to events is opened
 
     host = populate(home)
     app = create_app(host=host, api_host="127.0.0.1", live=True)
-    uvicorn.run(app, host="127.0.0.1",
-                port=port, log_level="warning", access_log=False)
+    run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 def wrk(url: str, token: str, seconds: float, connections: int) -> dict[str, Any]:

@@ -17,8 +17,6 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8780,
 ) -> None:
     """Serve the REST API (OpenAPI at /openapi.json, interactive docs at /docs)."""
-    import uvicorn  # imported here: every other command starts faster without it
-
     from api import create_app
     from api.auth import ensure_token, token_path
     from orchestrator.views import is_loopback
@@ -30,8 +28,9 @@ def serve(
                   "the network; anyone with the token controls every VM")
     err.print(f"Somnus API on http://{host}:{port} (docs: /docs); "
               f"token: 'somnus api token' ({token_path(current)})")
-    uvicorn.run(create_app(current, api_host=host, live=True), host=host, port=port,
-                log_level="info")
+    from api.server import run
+
+    run(create_app(current, api_host=host, live=True), host=host, port=port)
 
 
 @api_app.command("token")

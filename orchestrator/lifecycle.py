@@ -92,9 +92,9 @@ class Lifecycle:
         self._hypervisor = hypervisor
         self.meter: Meter = meter or QemuMeter(hypervisor, settings)
 
-    def budget(self) -> BudgetView:
-        """Every VM's resident memory against the budget, measured now."""
-        return self.meter(self.store.list_vms())
+    def budget(self, records: list[VMRecord] | None = None) -> BudgetView:
+        """Every VM's (or ``records``') resident memory against the budget, measured now."""
+        return self.meter(self.store.list_vms() if records is None else records)
 
     @property
     def hv(self) -> Hypervisor:

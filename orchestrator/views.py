@@ -180,13 +180,15 @@ def _view(record: VMRecord, domain_state: VMState | None, foreground: str | None
         "error_count": errors.get(record.name, 0)})
 
 
-def _views(service: VMService, states: DomainStates | None) -> list[VMView]:
+def _views(service: VMService, states: DomainStates | None,
+           records: list[VMRecord] | None = None) -> list[VMView]:
     states = states or service.lifecycle.domain_state
     store = service.store
     foreground, since, errors = store.foreground(), _running_since(store), \
         errors_log.error_counts(store)
     now = datetime.now(UTC)
-    return [_view(r, states(r), foreground, since, errors, now) for r in store.list_vms()]
+    return [_view(r, states(r), foreground, since, errors, now)
+            for r in (store.list_vms() if records is None else records)]
 
 
 def _private(path: Path) -> bool:
@@ -248,15 +250,16 @@ def fleet_view(service: VMService, states: DomainStates | None = None,
 def status_view(service: VMService, states: DomainStates | None = None,
                 orphans: list[Orphan] | None = None) -> StatusView:
     """The foreground, tiers and the budget as measured now (and orphan domains)."""
-    views = _views(service, states)
-    budget = service.lifecycle.budget()
+    records = service.store.list_vms()  # once: the hot read of the API
+    views = _views(service, states, records)
+    budget = service.lifecycle.budget(records)
     rows = [VMStatus(**v.model_dump(), resident_mib=budget.resident_mib.get(v.name, 0))
             for v in views]
     return StatusView(
         policy=service.settings.policy.value, foreground=service.store.foreground(),
         budget_limit_mib=budget.limit_mib, budget_used_mib=budget.used_mib, vms=rows,
         orphans=[OrphanView.model_validate(o)
-                 for o in (service.orphans() if orphans is None else orphans)],
+                 for o in (service.orphans(records) if orphans is None else orphans)],
     )
 
 

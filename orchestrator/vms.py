@@ -407,9 +407,10 @@ class VMService:
                     changes.append(change)
         return changes
 
-    def orphans(self) -> list[Orphan]:
-        """Domains of this home (by Somnus's metadata, or by name prefix) no record owns."""
-        owned = {r.domain_name for r in self.store.list_vms()}
+    def orphans(self, records: list[VMRecord] | None = None) -> list[Orphan]:
+        """Domains of this home (by Somnus's metadata, or by name prefix) no record owns
+        (``records``: the VM records, when the caller has just read them)."""
+        owned = {r.domain_name for r in (self.store.list_vms() if records is None else records)}
         found = []
         for domain in self.hv.domain_names():
             if domain in owned:
