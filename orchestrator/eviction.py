@@ -1,12 +1,13 @@
-"""Paging a paused VM's file-backed RAM out to disk, and hinting it back in.
+"""Paging a paused VM's file-backed RAM out to disk.
 
 With ``<memoryBacking><source type='file'/><access mode='shared'/>`` the guest's RAM
 is a shared mapping of a file in libvirt's ``memory_backing_dir`` (on disk). A paused
 QEMU then needs almost no host RAM: write the dirty pages back (``fsync``), unmap them
 from QEMU (``process_madvise(MADV_PAGEOUT)``, which skips dirty pages, hence the fsync
 first) and drop them from the page cache (``posix_fadvise(DONTNEED)``). Resuming is
-libvirt's ``resume``: the guest faults its working set back in from the file, and a
-``WILLNEED`` hint starts reading it ahead. Linux only (process_madvise: 5.10).
+libvirt's ``resume``: the guest faults its working set back in from the file (a
+``WILLNEED`` read-ahead of the whole file measured no faster, so there is none).
+Linux only (process_madvise: 5.10).
 
 This touches processes and files, never libvirt: the caller finds the QEMU pid.
 """
@@ -19,7 +20,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-MIB = 1024 * 1024
 # libvirt names the RAM file of a non-NUMA guest after its memory backend, ``pc.ram``.
 RAM_FILE_NAME = "pc.ram"
 _MADV_PAGEOUT = 21

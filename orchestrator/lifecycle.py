@@ -199,6 +199,11 @@ class Lifecycle:
         self.hv.resume(record.domain_name)
         return self._move(record, S.RUNNING, reason)
 
+    def ram_in_file(self, record: VMRecord) -> bool:
+        """Does the VM's QEMU on this host map its RAM from a file (so it can be paged out)?"""
+        pid = self.hv.qemu_pid(record.domain_name)
+        return pid is not None and bool(eviction.ram_mappings(pid))
+
     def ram_resident_mib(self, record: VMRecord) -> int | None:
         """MiB of the VM's file-backed RAM in host memory; None: anonymous RAM or no QEMU."""
         pid = self.hv.qemu_pid(record.domain_name)

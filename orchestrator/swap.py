@@ -213,7 +213,7 @@ class SwapEngine:
                 )
             victim = candidates[0]
             tier = Tier.SAVED
-            if victim.name not in paged_out and self._can_evict(victim):
+            if victim.name not in paged_out and self.lifecycle.ram_in_file(victim):
                 tier = Tier.EVICTED  # cheap (no QEMU restart to come back), so first
                 paged_out.add(victim.name)
             if progress:
@@ -277,9 +277,6 @@ class SwapEngine:
 
     # -- tiers ----------------------------------------------------------------------------
 
-    def _can_evict(self, record: VMRecord) -> bool:
-        """Has the VM file-backed RAM in a QEMU process here (so it can be paged out)?"""
-        return self.lifecycle.ram_resident_mib(record) is not None
 
     def _is_evicted(self, record: VMRecord) -> bool:
         resident = self.lifecycle.ram_resident_mib(record)
@@ -327,7 +324,7 @@ class SwapEngine:
 
     def _wanted_tier(self, record: VMRecord, foreground: str | None) -> Tier | None:
         # Paging out keeps the QEMU (and a resume's speed); saving is for RAM held anonymously.
-        out = Tier.EVICTED if self._can_evict(record) else Tier.SAVED
+        out = Tier.EVICTED if self.lifecycle.ram_in_file(record) else Tier.SAVED
         if self.settings.policy is SwapPolicy.BUDGET:
             if self._budget().fits(0):
                 return None

@@ -4,6 +4,8 @@ driver runs no guest; tests/vm/test_swap.py drives the real thing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from core.config import SwapPolicy
@@ -123,6 +125,8 @@ class PagedRam:
         monkeypatch.setattr(Hypervisor, "qemu_pid",
                             lambda _hv, name: 1000 + sum(map(ord, name)))
         monkeypatch.setattr(eviction, "resident_mib", lambda pid: self.resident.get(pid, 400))
+        monkeypatch.setattr(eviction, "ram_mappings", lambda pid: [
+            eviction.RamMapping(0, 512 << 20, Path(f"/ram/{pid}/pc.ram"))])
         monkeypatch.setattr(eviction, "page_out", self._page_out)
 
     def _page_out(self, pid: int) -> eviction.Eviction:
