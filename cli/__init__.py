@@ -23,6 +23,7 @@ from cli.serve import api_app, serve
 from cli.session import session_app
 from cli.snapshot import snapshot_app
 from cli.swap import activate, recover, status
+from cli.template import template_app
 from cli.vm import vm_app
 from core.config import load_settings
 from core.errors import SomnusError
@@ -32,6 +33,7 @@ app = typer.Typer(help="Somnus: a local-first AI workstation where every subsyst
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(image_app, name="image")
 app.add_typer(vm_app, name="vm")
+app.add_typer(template_app, name="template")
 app.add_typer(session_app, name="session")
 app.add_typer(project_app, name="project")
 app.command()(demo)

@@ -26,10 +26,15 @@ def vm_create(
     vcpus: Annotated[int | None, typer.Option(help="Virtual CPUs.")] = None,
     image: Annotated[str | None, typer.Option(help="Image hash prefix (default: current).")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the agent answers.")] = True,
+    template: Annotated[bool, typer.Option(
+        "--template/--cold",
+        help="Start from the saved first boot of VMs of this shape (the first one boots "
+             "cold and is saved); --cold always boots from the image.")] = True,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create a VM from the base image and boot it."""
-    record, timings = host().vms.create(name, subsystem, memory, vcpus, image, wait, Clock())
+    """Create a VM from the base image and boot it (or start it from a template)."""
+    record, timings = host().vms.create(name, subsystem, memory, vcpus, image, wait, Clock(),
+                                        from_template=template)
     if as_json:
         emit_json({**views.vm_detail(host().vms, name).model_dump(mode="json"),
                    "timings": timings})

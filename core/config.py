@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # Guest RAM in a file on disk (libvirt's memory_backing_dir): a VM out of the foreground
     # is paused and its RAM paged out to that file, and comes back by resuming.
     ram_file: bool = True
+    # Start a new VM from a saved first boot of its shape (orchestrator.templates): seconds,
+    # not a cold boot. The first VM of each shape boots cold and is captured.
+    templates: bool = True
     # Let the artifacts VM run beside the foreground VM when the budget allows.
     artifacts_overlay: bool = True
     # Restart the foreground VM when its QEMU process dies.
@@ -82,6 +85,10 @@ class Settings(BaseSettings):
     @cached_property
     def vms_dir(self) -> Path:
         return self.home / "vms"
+
+    @cached_property
+    def templates_dir(self) -> Path:
+        return self.home / "templates"
 
     @cached_property
     def images_dir(self) -> Path:

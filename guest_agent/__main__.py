@@ -7,17 +7,24 @@ start-up; it happens first, while cloud-init may still be writing the config.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import uvicorn
 
 from guest_agent.app import create_app, wait_for_config
 from guest_agent.protocol import AGENT_CONFIG_PATH
 
+# The agent unit's RuntimeDirectory, which somnus-identity.path watches.
+IDENTITY_DIR = Path("/run/somnus-agent")
+
 
 def main() -> None:
-    config = wait_for_config(sys.argv[1] if len(sys.argv) > 1 else AGENT_CONFIG_PATH)
+    path = Path(sys.argv[1] if len(sys.argv) > 1 else AGENT_CONFIG_PATH)
+    config = wait_for_config(path)
     # 0.0.0.0 inside the guest: only QEMU's loopback port forward on the host reaches it.
-    uvicorn.run(create_app(config), host="0.0.0.0", port=config.port, log_level="info")
+    uvicorn.run(create_app(config, config_path=path,
+                           identity_dir=IDENTITY_DIR), host="0.0.0.0", port=config.port,
+                log_level="info")
 
 
 if __name__ == "__main__":

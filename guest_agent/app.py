@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import platform
 import socket
 import time
@@ -22,6 +23,7 @@ from guest_agent import __version__
 from guest_agent.agent import Agent
 from guest_agent.chat import BadChatRequest, Turn
 from guest_agent.gate import GatedStream, QueueFull
+from guest_agent.identity import hand_over, request_text
 from guest_agent.memory.manager import MemoryNotFound, MemoryNotReady
 from guest_agent.prompts.manager import UnknownRole
 from guest_agent.prompts.stack import ContextOverflow
@@ -46,6 +48,8 @@ from guest_agent.protocol import (
     EmbeddingUsage,
     ErrorResponse,
     HealthResponse,
+    IdentityRequest,
+    IdentityResponse,
     InfoResponse,
     MemoryAddResponse,
     MemoryCreate,
@@ -158,14 +162,28 @@ def _chunks(turn: Turn) -> Iterator[str]:
     yield "data: [DONE]\n\n"
 
 
-def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> FastAPI:
+def save_config(config: AgentConfig, path: Path) -> None:
+    """Rewrite the config file in place: the agent owns the file, not its root-owned folder."""
+    with path.open("r+") as f:
+        f.write(config.model_dump_json())
+        f.truncate()
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
+               config_path: Path | None = None, identity_dir: Path | None = None) -> FastAPI:
     """Build the agent app bound to one VM's config and token.
 
     ``runtime`` lets several apps share one loaded model (tests, benchmarks);
     by default the app loads its own in a background thread at startup.
+    ``config_path``: where ``POST /identity`` writes a new identity (None: memory only);
+    ``identity_dir``: where it hands the system's part to the root unit
+    (``guest_agent.identity``; None: not applied, as in tests without a guest).
     """
     started = time.monotonic()
-    expected = f"Bearer {config.token}".encode()
+    # The name and token change when a VM made from a template takes its own (/identity).
+    current = [config]
     agent = Agent(config, runtime)
 
     def require_token(request: Request) -> None:
@@ -174,7 +192,7 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
         if not given:
             raise HTTPException(status_code=401, detail="missing bearer token",
                                 headers=BEARER_CHALLENGE)
-        if not hmac.compare_digest(given, expected):
+        if not hmac.compare_digest(given, f"Bearer {current[0].token}".encode()):
             raise HTTPException(status_code=401, detail="wrong token", headers=BEARER_CHALLENGE)
 
     @asynccontextmanager
@@ -214,6 +232,9 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
         if agent.status is AgentStatus.LOADING:
             raise ModelNotReady("model is loading")
 
+    def me() -> AgentConfig:
+        return current[0]
+
     @app.get("/openapi.json", include_in_schema=False)
     def openapi() -> dict[str, Any]:
         return app.openapi()
@@ -222,7 +243,7 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
     def health() -> HealthResponse:
         return HealthResponse(
             status=agent.status,
-            vm_name=config.vm_name,
+            vm_name=me().vm_name,
             agent_version=__version__,
             uptime_s=time.monotonic() - started,
             model=agent.runtime.model_id,
@@ -234,17 +255,35 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None) -> Fast
         """Set the guest clock to the host's: a guest restored from a save is behind."""
         skew = time.time() - request.epoch
         if abs(skew) < CLOCK_TOLERANCE_S:
-            return ClockResponse(skew_s=skew, set=False, vm_name=config.vm_name)
+            return ClockResponse(skew_s=skew, set=False, vm_name=me().vm_name)
         try:
             time.clock_settime(time.CLOCK_REALTIME, request.epoch)
         except PermissionError:  # the unit grants CAP_SYS_TIME; without it, report
-            return ClockResponse(skew_s=skew, set=False, vm_name=config.vm_name)
-        return ClockResponse(skew_s=skew, set=True, vm_name=config.vm_name)
+            return ClockResponse(skew_s=skew, set=False, vm_name=me().vm_name)
+        return ClockResponse(skew_s=skew, set=True, vm_name=me().vm_name)
+
+    @app.post("/identity")
+    def identity(request: IdentityRequest) -> IdentityResponse:
+        """Take the name and token the host made for this VM (it started from a template)."""
+        applied = identity_dir is not None and hand_over(
+            identity_dir, request_text(request.vm_name, request.seed, request.host_public,
+                                       request.host_private), request.vm_name)
+        new = me().model_copy(update={"vm_name": request.vm_name, "token": request.token})
+        saved = False
+        if config_path is not None:
+            try:
+                save_config(new, config_path)
+                saved = True
+            except OSError as exc:  # a cold boot gets it from the seed again anyway
+                logging.getLogger(__name__).warning("identity not saved: %s", exc)
+        current[0] = new
+        logging.getLogger(__name__).info("identity: now VM '%s'", new.vm_name)
+        return IdentityResponse(vm_name=new.vm_name, applied=applied, saved=saved)
 
     @app.get("/info")
     def info() -> InfoResponse:
         return InfoResponse(
-            vm_name=config.vm_name,
+            vm_name=me().vm_name,
             subsystem=config.subsystem,
             hostname=socket.gethostname(),
             kernel=platform.release(),

@@ -22,6 +22,8 @@ from guest_agent.protocol import (
     ClockResponse,
     ErrorResponse,
     HealthResponse,
+    IdentityRequest,
+    IdentityResponse,
     InfoResponse,
     MemoryAddResponse,
     MemoryCreate,
@@ -177,6 +179,15 @@ class AgentClient:
         """Set the guest clock to the host's (after a restore)."""
         return self._call("POST", "/clock", ClockResponse, timeout_s,
                           body=ClockRequest(epoch=time.time()))
+
+    def take_identity(self, vm_name: str, token: str, seed: str, host_public: str,
+                      host_private: str, timeout_s: float = 40.0) -> IdentityResponse:
+        """Give a VM started from a template its own identity (this client keeps the
+        old token: make a new client for the calls after)."""
+        return self._call("POST", "/identity", IdentityResponse, timeout_s,
+                          body=IdentityRequest(vm_name=vm_name, token=token, seed=seed,
+                                               host_public=host_public,
+                                               host_private=host_private))
 
     # -- chat ---------------------------------------------------------------------------
 

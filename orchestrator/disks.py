@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -31,3 +32,13 @@ def create_overlay(base: Path, overlay: Path, size_gib: int) -> None:
     if result.returncode != 0:
         raise HypervisorUnavailable(f"qemu-img create failed: {result.stderr.strip()[:200]}")
     overlay.chmod(0o600)
+
+
+def backing_file(overlay: Path) -> Path | None:
+    """The image ``overlay`` is an overlay on (None: none, or no such file)."""
+    result = subprocess.run(["qemu-img", "info", "--force-share", "--output=json", str(overlay)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        return None
+    backing = json.loads(result.stdout).get("backing-filename")
+    return Path(backing) if backing else None

@@ -79,6 +79,9 @@ def build_domain_xml(spec: DomainSpec) -> str:
     """The complete <domain> document for ``spec``."""
     domain = ET.Element("domain", type=spec.accel.domain_type)
     _sub(domain, "name", spec.name)
+    # A VM generation ID (libvirt makes one per domain): a guest restored from another
+    # VM's save sees it change, and Linux reseeds its random generator.
+    _sub(domain, "genid")
     _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "currentMemory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(spec.vcpus))

@@ -144,6 +144,26 @@ class Hypervisor:
         """
         self._call(name, "save", lambda d: d.managedSave(0))
 
+    def save_to_file(self, name: str, path: Path) -> None:
+        """Save the guest's RAM and device state to ``path`` (libvirt's save image) and stop it.
+
+        On failure libvirt leaves the domain as it was.
+        """
+        self._call(name, "save", lambda d: d.save(str(path)))
+
+    def restore_from_file(self, path: Path) -> None:
+        """Start the domain a save image names from that image (the file stays)."""
+        try:
+            self.conn.restoreFlags(str(path), None, 0)
+        except LibvirtFailure as exc:
+            raise HypervisorUnavailable(f"cannot restore {path.name}: {_one_line(exc)}") from exc
+
+    def migratable_xml(self, name: str) -> str:
+        """The domain's definition as libvirt writes it into a save image."""
+        flags = (libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+                 | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+        return str(self._lookup(name).XMLDesc(flags))
+
     def has_managed_save(self, name: str) -> bool:
         return bool(self._lookup(name).hasManagedSaveImage(0))
 

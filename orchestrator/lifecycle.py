@@ -1,6 +1,7 @@
 """The one owner of VM state: every move of a VM, in libvirt and in the store together.
 
-Each verb (register, boot, pause, resume, evict, save, restore, stop, revert, destroy) makes
+Each verb (register, boot, pause, resume, evict, save, capture, restore, stop, revert,
+destroy) makes
 the libvirt call and records the transition, checked against :data:`ALLOWED`, with
 its reason. Every verb that brings a VM into RAM first passes :meth:`Lifecycle.admit`:
 its RAM plus QEMU's overhead must fit the memory budget as measured on the host, and
@@ -188,6 +189,15 @@ class Lifecycle:
             return record
         return self._move(record, S.RUNNING, reason)
 
+    def boot_from_save(self, record: VMRecord, image: Path) -> None:
+        """Start a new VM (still 'creating') from a save image whose header names its
+        domain: a copy of a template's save (``orchestrator.templates``). Admitted first."""
+        if record.state is not S.CREATING:
+            raise Conflict(f"VM '{record.name}' is not being created: it cannot start "
+                           "from a template")
+        self.admit(record)
+        self.hv.restore_from_file(image)
+
     def pause(self, record: VMRecord, reason: str) -> VMRecord:
         """Freeze the vCPUs; RAM stays, so resuming is instant."""
         self.hv.pause(record.domain_name)
@@ -239,12 +249,48 @@ class Lifecycle:
             raise
         return self._move(record, S.SAVED, reason)
 
-    def _require_save_space(self, record: VMRecord) -> None:
-        free_mib = self.hv.save_folder_free_mib(record.domain_name, self.settings.home)
+    def capture(self, record: VMRecord, image: Path, while_off: Callable[[], None],
+                reason: str) -> str:
+        """Save a running VM to the save image ``image``, run ``while_off`` while its QEMU
+        is gone (its disk is quiet), then restore it from ``image``, which stays.
+
+        Returns 'restored' or 'cold-boot-after-bad-save' (the VM is never lost). A save
+        that fails leaves the VM as it was; the failure is raised.
+        """
+        self._require_save_space(record, image.parent)
+        self._move(record, S.SAVING, reason)
+        try:
+            self.hv.save_to_file(record.domain_name, image)
+        except HypervisorUnavailable:
+            self._move(record, self.hv.state(record.domain_name), "save failed")
+            raise
+        # Off, with no managed save: a command killed from here finds it stopped.
+        self._move(record, S.SAVED, reason)
+        try:
+            while_off()
+        finally:
+            self._move(record, S.RESTORING, reason)
+            try:
+                self.hv.restore_from_file(image)
+                path = "restored"
+            except HypervisorUnavailable as exc:
+                log.warning("'%s' did not restore from %s (%s): cold boot", record.name,
+                            image, exc)
+                self.hv.start(record.domain_name)
+                path = "cold-boot-after-bad-save"
+            self._move(record, S.RUNNING, f"{reason}: {path}")
+        return path
+
+    def _require_save_space(self, record: VMRecord, folder: Path | None = None) -> None:
+        """Room for a save of ``record`` in ``folder`` (default: libvirt's managed saves)."""
+        if folder is None:
+            free_mib = self.hv.save_folder_free_mib(record.domain_name, self.settings.home)
+        else:
+            free_mib = shutil.disk_usage(folder).free // MIB
         need_mib = record.memory_mib + SAVE_MARGIN_MIB
         if free_mib < need_mib:
             raise InsufficientResources(
-                f"cannot save '{record.name}': {free_mib} MiB free where libvirt saves, up "
+                f"cannot save '{record.name}': {free_mib} MiB free where it is saved, up "
                 f"to {need_mib} MiB needed; the VM stays as it is (free some disk space)")
 
     def restore(self, record: VMRecord, reason: str,

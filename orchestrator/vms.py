@@ -10,6 +10,8 @@ first lets ``prepare`` (recovery and reconcile) run under the home's lock.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import shutil
 import time
@@ -24,6 +26,8 @@ from core.errors import (
     AlreadyExists,
     Conflict,
     GuestError,
+    HypervisorUnavailable,
+    InsufficientResources,
     InvalidInput,
     NotFound,
     ReadinessTimeout,
@@ -31,10 +35,11 @@ from core.errors import (
 from core.types import Progress
 from guest_agent.protocol import AgentConfig, InfoResponse, Subsystem
 from images.catalog import ImageManifest, get_image
-from orchestrator import accel, credentials, disks, seed
+from orchestrator import accel, credentials, disks, saveimage, seed
 from orchestrator.agent_client import AgentClient
 from orchestrator.domain_xml import DomainSpec, build_domain_xml, somnus_owner
 from orchestrator.hypervisor import Hypervisor, SnapshotInfo
+from orchestrator.identity import Identity, new_identity, take_identity
 from orchestrator.lifecycle import Lifecycle, Observed, live_state
 from orchestrator.locking import HomeLock
 from orchestrator.models import StateTransition, VMRecord, VMState
@@ -50,7 +55,9 @@ from orchestrator.ssh import (
 )
 from orchestrator.ssh import run as ssh_run
 from orchestrator.store import Store
+from orchestrator.templates import Template, Templates, shape_key, tree_hash
 
+log = logging.getLogger(__name__)
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 
 
@@ -91,6 +98,11 @@ class VMPaths:
     @property
     def token(self) -> Path:
         return self.root / "agent-token"
+
+    @property
+    def boot_image(self) -> Path:
+        """A copy of a template's save, named for this VM, while it starts from it."""
+        return self.root / "boot.save"
 
 
 def vm_paths(settings: Settings, name: str) -> VMPaths:
@@ -139,6 +151,7 @@ class VMService:
         self.lock = lock
         self.foreground: Foreground = foreground or NoForeground()
         self.faults = faults
+        self.templates = Templates(self.settings.templates_dir)
         # Recovery and reconcile, run once under the lock before a mutating verb (the
         # composition root plugs in the swap engine's ``recover``).
         self.prepare: Callable[[], list[str]] = self.reconcile
@@ -182,7 +195,7 @@ class VMService:
 
     # -- readiness --------------------------------------------------------------------------
 
-    def _stages(self, record: VMRecord) -> list[Stage]:
+    def _stages(self, record: VMRecord, restored: bool) -> list[Stage]:
         s = self.settings
         target = self.ssh_target(record)
 
@@ -193,20 +206,25 @@ class VMService:
             result = try_run(target, f"cat {CLOUD_INIT_STATUS} 2>/dev/null", 10)
             return result is not None and cloud_init_done(result.stdout)
 
-        return [
-            Stage("domain running", s.timeout_domain_s,
-                  lambda: self.hv.is_running(record.domain_name)),
-            Stage("ssh", s.timeout_ssh_s, ssh_ok),
-            Stage("cloud-init", s.timeout_cloud_init_s, cloud_init_finished),
-            Stage("agent", s.timeout_agent_s, lambda: self.agent_answers(record)),
-        ]
+        running = Stage("domain running", s.timeout_domain_s,
+                        lambda: self.hv.is_running(record.domain_name))
+        agent = Stage("agent", s.timeout_agent_s, lambda: self.agent_answers(record))
+        ssh = Stage("ssh", s.timeout_ssh_s, ssh_ok)
+        if restored:  # cloud-init finished before the save; SSH proves the new host key
+            return [running, agent, ssh]
+        return [running, ssh, Stage("cloud-init", s.timeout_cloud_init_s, cloud_init_finished),
+                agent]
 
-    def wait_ready(self, record: VMRecord, progress: Progress | None = None) -> dict[str, float]:
-        """Wait until the VM passes every readiness stage; mark it running."""
+    def wait_ready(self, record: VMRecord, progress: Progress | None = None,
+                   restored: bool = False) -> dict[str, float]:
+        """Wait until the VM passes every readiness stage; mark it running.
+
+        ``restored``: it started from a save taken once it was ready (a template).
+        """
         try:
             timings = wait_ready(
                 record.name,
-                self._stages(record),
+                self._stages(record, restored),
                 alive=lambda: self.hv.is_running(record.domain_name),
                 log_path=str(self.paths(record.name).serial_log),
                 progress=progress,
@@ -228,13 +246,17 @@ class VMService:
         image_ref: str | None = None,
         wait: bool = True,
         progress: Progress | None = None,
+        from_template: bool = True,
     ) -> tuple[VMRecord, dict[str, float]]:
         """Create and boot a VM; returns its record and the seconds each stage took.
 
-        A VM that could never fit is refused before anything is made. Anything that
-        fails before the domain boots is rolled back completely; a create killed
-        midway is undone by the next command (``reconcile``). A VM that boots but
-        does not become ready is kept in state 'error' so its serial log can be read.
+        With ``from_template`` (and ``settings.templates``) the VM starts from the saved
+        first boot of its shape when there is one, and the first VM of a shape is saved
+        as one once it is ready (``orchestrator.templates``). A VM that could never fit
+        is refused before anything is made. Anything that fails before the domain boots
+        is rolled back completely; a create killed midway is undone by the next command
+        (``reconcile``). A VM that boots but does not become ready is kept in state
+        'error' so its serial log can be read.
         """
         memory_mib = memory_mib or self.settings.default_memory_mib
         vcpus = vcpus or self.settings.default_vcpus
@@ -255,29 +277,152 @@ class VMService:
                 image_hash=image.recipe_hash, vm_dir=str(self.paths(name).root),
                 ssh_port=ssh_port, agent_port=agent_port,
             )
+            use_templates = from_template and self.settings.templates
+            shape, facts = self.shape(subsystem, memory_mib, vcpus, image, acceleration)
+            template = self.templates.find(shape) if use_templates else None
+            identity = new_identity(name)
             try:
-                record = self._provision(record, image, acceleration)
+                record = self._provision(record, image, acceleration, identity,
+                                         template.disk if template else image.disk)
             except BaseException:
                 self._remove(record, "create failed while provisioning")
                 raise
             timings["provision"] = round(time.monotonic() - started, 2)
             self.faults("create_defined")
             if progress:
+                how = f"starting from template {template.folder.name}" if template else "booting"
                 progress(f"defined {record.domain_name} ({acceleration.mode.value}: "
-                         f"{acceleration.reason}); booting")
+                         f"{acceleration.reason}); {how}")
             try:
                 with self.foreground.entering(record, progress) as entry:
-                    self.lifecycle.boot(record, "created")
+                    restored = None
+                    if template is None:
+                        self.lifecycle.boot(record, "created")
+                    else:
+                        restored = self._start_from_template(record, template, image,
+                                                             identity, progress)
+                        timings.update(restored or {})
                     entry.started()
                     if wait:
-                        timings.update(self.wait_ready(record, progress))
+                        timings.update(self.wait_ready(record, progress,
+                                                       restored=restored is not None))
                     else:
                         self.lifecycle.mark_ready(record, "started, not waited for")
             except BaseException:
                 if self.store.get_vm(name).state is VMState.CREATING:
                     self._remove(record, "create failed before it booted")
                 raise
+            if use_templates and template is None and wait:
+                capture_started = time.monotonic()
+                self._capture(record, shape, facts, identity, progress)
+                timings["template capture"] = round(time.monotonic() - capture_started, 2)
         return self.store.get_vm(name), timings
+
+    # -- templates --------------------------------------------------------------------------
+
+    def shape(self, subsystem: Subsystem, memory_mib: int, vcpus: int, image: ImageManifest,
+              acceleration: accel.Acceleration | None = None) -> tuple[str, dict[str, str]]:
+        """The template shape of a VM made so: its domain with placeholder names, paths
+        and ports, plus what the domain does not show (``templates.shape_key``)."""
+        acceleration = acceleration or accel.detect(self.settings.accel)
+        stand_in = VMRecord(
+            name="shape", domain_name="shape", subsystem=subsystem, memory_mib=memory_mib,
+            vcpus=vcpus, accel=acceleration.mode.value, image_hash=image.recipe_hash,
+            vm_dir="/shape", ssh_port=1, agent_port=2)
+        domain = build_domain_xml(self._domain_spec(stand_in, image, acceleration,
+                                                    VMPaths(Path("/shape"))))
+        facts = {
+            "image": image.recipe_hash,
+            "subsystem": subsystem.value,
+            "hypervisor": " ".join(self.hv.version()),
+            "seed": tree_hash(seed.TEMPLATES_DIR),
+            "guest_user": self.settings.guest_user,
+        }
+        return shape_key(domain, facts), facts
+
+    def _start_from_template(self, record: VMRecord, template: Template, image: ImageManifest,
+                             identity: Identity, progress: Progress | None
+                             ) -> dict[str, float] | None:
+        """Start the new VM from a copy of ``template``'s save and make it itself.
+
+        Returns the seconds each step took. If a step fails, the template is dropped (the
+        next VM of the shape is captured afresh), this VM boots cold from the image and
+        None is returned.
+        """
+        paths = self.paths(record.name)
+        started = time.monotonic()
+        timings: dict[str, float] = {}
+        try:
+            # Its console starts with the boot it wakes up from (QEMU appends to the log).
+            with suppress(OSError), paths.serial_log.open("ab") as console:
+                console.write(template.boot_log.read_bytes())
+                console.write(f"\n[somnus] '{record.name}' started here from template "
+                              f"{template.folder.name}: the lines above are the boot of "
+                              f"'{template.manifest.vm_name}'\n".encode())
+            saveimage.write_for_domain(template.state, paths.boot_image,
+                                       self.hv.migratable_xml(record.domain_name))
+            self.lifecycle.boot_from_save(record, paths.boot_image)
+            timings["restore from template"] = round(time.monotonic() - started, 2)
+            before = AgentClient(record.agent_port, template.manifest.token, vm_name=record.name)
+            take_identity(before, identity)
+            self.agent(record).sync_clock()
+            timings["identity"] = round(time.monotonic() - started
+                                        - timings["restore from template"], 2)
+        except (HypervisorUnavailable, GuestError, OSError) as exc:
+            log.warning("VM '%s' did not start from template %s (%s): dropped it; cold boot",
+                        record.name, template.folder.name, exc)
+            if progress:
+                progress(f"warning: starting from template {template.folder.name} failed "
+                         f"({exc}); booting cold")
+            self.templates.drop(template)
+            self.lifecycle.power_off(record, "its template failed")
+            paths.overlay.unlink(missing_ok=True)
+            disks.create_overlay(image.disk, paths.overlay, self.settings.disk_size_gib)
+            paths.serial_log.write_bytes(b"")  # not the template's boot: this one's
+            self.lifecycle.boot(record, "created")
+            return None
+        finally:
+            paths.boot_image.unlink(missing_ok=True)
+        return timings
+
+    def _capture(self, record: VMRecord, shape: str, facts: dict[str, str],
+                 identity: Identity, progress: Progress | None) -> None:
+        """Save the new, ready VM as the template of its shape, then restore it.
+
+        While its QEMU is gone, its disk becomes the template's frozen disk (a hard link)
+        and the VM goes on in a thin overlay on it. A capture that cannot be made (no room,
+        libvirt refuses) leaves the VM as it was, with a warning.
+        """
+        if progress:
+            progress(f"saving {record.name}'s first boot as a template: VMs like it will "
+                     "start from it in seconds")
+        capture = self.templates.begin(shape)
+        overlay = self.paths(record.name).overlay
+
+        def freeze_disk() -> None:
+            os.link(overlay, capture.disk)
+            shutil.copyfile(self.paths(record.name).serial_log, capture.boot_log)
+            self.templates.finish(capture, shape, facts, record.name, identity.token,
+                                  identity.host_public)
+            moved = overlay.with_name(overlay.name + ".next")
+            disks.create_overlay(capture.disk, moved, self.settings.disk_size_gib)
+            moved.rename(overlay)
+
+        with suppress(GuestError):
+            self.agent(record).flush()
+        try:
+            path = self.lifecycle.capture(record, capture.state, freeze_disk,
+                                          "saved as a template")
+        except (HypervisorUnavailable, InsufficientResources, OSError) as exc:
+            log.warning("VM '%s' was not saved as a template: %s", record.name, exc)
+            if progress:
+                progress(f"warning: no template saved ({exc})")
+            return
+        if path == "restored":
+            with suppress(GuestError):
+                self.agent(record).sync_clock()
+        else:
+            self.wait_ready(record, progress)
 
     def _check_resources(self, name: str, memory_mib: int, vcpus: int) -> None:
         validate_name(name)
@@ -304,8 +449,10 @@ class VMService:
         return get_image(self.settings, image_ref)
 
     def _provision(self, record: VMRecord, image: ImageManifest,
-                   acceleration: accel.Acceleration) -> VMRecord:
-        """Files, record and domain for a new VM (not booted yet)."""
+                   acceleration: accel.Acceleration, identity: Identity,
+                   backing: Path) -> VMRecord:
+        """Files, record and domain for a new VM (not booted yet); its disk is an overlay
+        on ``backing`` (the image's disk, or a template's)."""
         paths = self.paths(record.name)
         record = self.lifecycle.register(record)
         # No record owned this name: whatever a create killed before its record left here
@@ -313,25 +460,31 @@ class VMService:
         shutil.rmtree(paths.root, ignore_errors=True)
         paths.root.mkdir(parents=True, mode=0o755)
         user_key = credentials.ensure_keypair(self.settings.keys_dir / "id_ed25519", "somnus")
-        host_private, host_public = credentials.generate_keypair(f"host-{record.name}")
-        token = credentials.new_token()
-        credentials.write_private(paths.token, token.encode())
-        paths.known_hosts.write_text(known_hosts_line(record.ssh_port, host_public))
+        credentials.write_private(paths.token, identity.token.encode())
+        paths.known_hosts.write_text(known_hosts_line(record.ssh_port, identity.host_public))
+        # A VM started from a template ignores its seed until it boots cold: then cloud-init
+        # sees a new instance and applies the same identity.
         files = seed.render_seed(
             seed.SeedContext(
                 instance_id=f"{record.name}-{uuid.uuid4().hex[:8]}",
                 hostname=record.name,
                 user=self.settings.guest_user,
                 ssh_authorized_key=user_key.public_line,
-                host_key_private=host_private.decode(),
-                host_key_public=host_public,
-                agent=AgentConfig(vm_name=record.name, subsystem=record.subsystem, token=token,
-                                  port=self.settings.agent_guest_port),
+                host_key_private=identity.host_private,
+                host_key_public=identity.host_public,
+                agent=AgentConfig(vm_name=record.name, subsystem=record.subsystem,
+                                  token=identity.token, port=self.settings.agent_guest_port),
             )
         )
         seed.write_seed_image(files, paths.seed)
-        disks.create_overlay(image.disk, paths.overlay, self.settings.disk_size_gib)
-        self.lifecycle.define(record, build_domain_xml(DomainSpec(
+        disks.create_overlay(backing, paths.overlay, self.settings.disk_size_gib)
+        self.lifecycle.define(record, build_domain_xml(
+            self._domain_spec(record, image, acceleration, paths)))
+        return record
+
+    def _domain_spec(self, record: VMRecord, image: ImageManifest,
+                     acceleration: accel.Acceleration, paths: VMPaths) -> DomainSpec:
+        return DomainSpec(
             name=record.domain_name, memory_mib=record.memory_mib, vcpus=record.vcpus,
             accel=acceleration, kernel=image.kernel, initrd=image.initrd,
             cmdline=image.kernel_cmdline, disk=paths.overlay, seed=paths.seed,
@@ -339,8 +492,7 @@ class VMService:
             agent_port=record.agent_port, agent_guest_port=self.settings.agent_guest_port,
             vm_name=record.name, owner_home=str(self.settings.home),
             tb_cache_mib=self.settings.tb_cache_mib, ram_file=self.settings.ram_file,
-        )))
-        return record
+        )
 
     def start(self, name: str, wait: bool = True,
               progress: Progress | None = None) -> dict[str, float]:
@@ -381,6 +533,26 @@ class VMService:
                 f"VM '{record.name}': libvirt domain '{record.domain_name}' is gone; "
                 f"'somnus vm delete {record.name}' cleans up"
             )
+
+    def template_users(self, template: Template) -> list[str]:
+        """The VMs whose disks stand on ``template``'s disk."""
+        return [r.name for r in self.store.list_vms()
+                if disks.backing_file(self.paths(r.name).overlay) == template.disk]
+
+    def delete_template(self, ref: str) -> list[str]:
+        """Stop using the template whose folder name starts with ``ref``; its files go too
+        unless VMs stand on its disk (returned: those VMs, whose disks are kept)."""
+        with self.changing():
+            matches = [t for t in self.templates.list() if t.folder.name.startswith(ref)]
+            if len(matches) != 1:
+                known = ", ".join(t.folder.name for t in self.templates.list()) or "none"
+                raise NotFound(f"no single template matches '{ref}' (templates: {known})")
+            (template,) = matches
+            users = self.template_users(template)
+            self.templates.drop(template)
+            if not users:
+                shutil.rmtree(template.folder, ignore_errors=True)
+            return users
 
     # -- reconcile --------------------------------------------------------------------------
 

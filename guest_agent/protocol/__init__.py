@@ -571,6 +571,25 @@ class ClockResponse(BaseModel):
     vm_name: str | None = None  # who answered: a resumed VM's first call doubles as its probe
 
 
+class IdentityRequest(BaseModel):
+    """``POST /identity``: a VM started from a template takes its own name and token.
+
+    Authorised by the template's token; every later call needs the new one.
+    """
+
+    vm_name: str = Field(pattern=r"^[a-z][a-z0-9-]{1,31}$")  # also the hostname
+    token: str = Field(min_length=32)
+    seed: str = Field(pattern=r"^[0-9a-f]{64}$")  # from the host's random source
+    host_public: str = Field(pattern=r"^ssh-ed25519 ")  # the new SSH host key
+    host_private: str = Field(min_length=1)
+
+
+class IdentityResponse(BaseModel):
+    vm_name: str  # the name the agent now answers to
+    applied: bool  # the root unit installed host key, machine-id, hostname, randomness
+    saved: bool  # written to the agent's config file: a cold boot keeps it
+
+
 class MemoryDeleteResponse(BaseModel):
     memory_id: str
     deleted: bool

@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.routing import Route
 
+from guest_agent import identity
 from guest_agent.app import create_app, wait_for_config
 from guest_agent.protocol import ChatCompletionRequest, Subsystem
 from guest_agent.runtime import ModelRuntime
@@ -27,6 +28,7 @@ EXPECTED_PATHS = {
     "/health", "/info", "/model", "/v1/models", "/v1/chat/completions", "/v1/embeddings",
     "/memory", "/memory/search", "/memory/export", "/memory/import", "/memory/flush",
     "/memory/x", "/prompt/last", "/prompt/profile", "/prompt/roles", "/openapi.json",
+    "/identity",
 }  # fmt: skip
 
 
@@ -54,6 +56,64 @@ def test_every_route_requires_the_token(tmp_path: Path, agent_runtime: ModelRunt
     for path in ("/docs", "/redoc"):
         assert agent_client.get(path).status_code in (401, 404), path
     assert agent_client.get("/openapi.json", headers=AUTH).json()["info"]["title"]
+
+
+def test_a_vm_from_a_template_takes_its_own_name_and_token(
+        tmp_path: Path, agent_runtime: ModelRuntime) -> None:
+    config = agent_config(tmp_path)
+    path = tmp_path / "agent.json"
+    path.write_text(config.model_dump_json() + "\n" + " " * 200)  # longer than the new one
+    runtime_dir = tmp_path / "run"
+    runtime_dir.mkdir()
+    agent_client = TestClient(create_app(config, agent_runtime, config_path=path,
+                                         identity_dir=runtime_dir))
+    new_token = "n" * 64
+    seen: list[str] = []
+    root_unit = threading.Thread(target=stand_in_root_unit, args=(runtime_dir, seen))
+    root_unit.start()
+    key = {"seed": "ab" * 32, "host_public": "ssh-ed25519 AAAAC3 host-clone",
+           "host_private": "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"}
+    short = agent_client.post("/identity", headers=AUTH,
+                              json={"vm_name": "clone", "token": "short", **key})
+    assert short.status_code == 422  # a token too short to be one the host made
+    not_a_hostname = agent_client.post("/identity", headers=AUTH,
+                                       json={"vm_name": "a;reboot", "token": new_token, **key})
+    assert not_a_hostname.status_code == 422
+    answer = agent_client.post("/identity", headers=AUTH,
+                               json={"vm_name": "clone", "token": new_token, **key})
+    root_unit.join(5)
+    assert answer.json() == {"vm_name": "clone", "applied": True, "saved": True}
+    assert seen[0].splitlines()[:3] == ["clone", "ab" * 32, "ssh-ed25519 AAAAC3 host-clone"]
+    assert agent_client.get("/health", headers=AUTH).status_code == 401  # the old one is gone
+    new_auth = {"Authorization": f"Bearer {new_token}"}
+    assert agent_client.get("/health", headers=new_auth).json()["vm_name"] == "clone"
+    saved = wait_for_config(path)  # what a cold boot reads
+    assert (saved.vm_name, saved.token, saved.data_dir) == ("clone", new_token, str(tmp_path))
+
+
+def stand_in_root_unit(folder: Path, seen: list[str]) -> None:
+    """What somnus-identity.path and its script do (the VM test runs the real ones)."""
+    request = folder / identity.REQUEST
+    deadline = time.monotonic() + 5
+    while not request.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    seen.append(request.read_text())
+    (folder / identity.ANSWER).write_text(seen[0].splitlines()[0] + "\n")
+    request.unlink()
+
+
+def test_identity_is_not_applied_when_the_root_unit_fails(tmp_path: Path) -> None:
+    def failing_unit() -> None:
+        while not (tmp_path / identity.REQUEST).exists():
+            time.sleep(0.01)
+        (tmp_path / identity.REQUEST).unlink()  # the script's trap, no answer
+
+    unit = threading.Thread(target=failing_unit)
+    unit.start()
+    assert not identity.hand_over(tmp_path, "clone\n", "clone", timeout_s=5)
+    unit.join(5)
+    assert not identity.hand_over(tmp_path, "clone\n", "clone", timeout_s=0.2)  # no unit
+    assert not (tmp_path / identity.REQUEST).exists()  # withdrawn after the timeout
 
 
 def test_health_says_loading_until_ready(tmp_path: Path, agent_runtime: ModelRuntime) -> None:

@@ -96,3 +96,12 @@ def test_tcg_translation_cache_is_capped_when_asked_and_never_under_kvm() -> Non
     assert tb_cache is not None and (tb_cache.text, tb_cache.get("unit")) == ("256", "MiB")
     kvm = ET.fromstring(build_domain_xml(replace(make_spec(AccelMode.KVM), tb_cache_mib=256)))
     assert kvm.find("features/tcg") is None
+
+
+def test_every_domain_has_a_vm_generation_id() -> None:
+    # A clone restored from a template must look new to the guest kernel
+    # (it reseeds its RNG when the generation id changes), so libvirt
+    # assigns a fresh <genid> to every domain it defines.
+    root = ET.fromstring(build_domain_xml(make_spec()))
+    assert root.find("genid") is not None
+    assert root.find("genid").text is None  # type: ignore[union-attr]

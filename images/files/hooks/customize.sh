@@ -43,9 +43,12 @@ install -d -m 0750 "$root/var/lib/somnus-agent/models"
 in_root chown -R somnus-agent:somnus-agent /var/lib/somnus-agent
 install -d -m 0755 "$root/etc/somnus" "$root/opt/somnus/agent"
 
-# --- Our files (systemd unit, cloud-init snippet): fixed modes, whatever the checkout's umask
+# --- Our files (systemd unit, cloud-init snippet, scripts): fixed modes, whatever the
+# checkout's umask; executables (the recipe hashes their bit) 0755, the rest 0644.
 (cd "$files/rootfs" && find . -type f) | while read -r f; do
-    install -D -m 0644 "$files/rootfs/$f" "$root/$f"
+    mode=0644
+    [ -x "$files/rootfs/$f" ] && mode=0755
+    install -D -m "$mode" "$files/rootfs/$f" "$root/$f"
 done
 
 # --- Units: networkd (ifupdown left the NIC down), the agent; mask what only slows a VM boot.
@@ -53,7 +56,7 @@ done
 # init-stage modules (users, ssh keys, write_files, hostname), so the config and
 # final stages go; readiness reads the init stage from /run/cloud-init/status.json.
 # The NIC is static (slirp), and nothing in the guest needs network-online.
-in_root systemctl enable systemd-networkd.service somnus-agent.service
+in_root systemctl enable systemd-networkd.service somnus-agent.service somnus-identity.path
 in_root systemctl mask apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
     e2scrub_all.timer e2scrub_reap.service fstrim.timer man-db.timer \
     systemd-timesyncd.service systemd-networkd-wait-online.service \
