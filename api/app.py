@@ -128,7 +128,7 @@ def create_app(settings: Settings | None = None, *, host: Host | None = None,
         if live:
             start_event_loop()  # before the connection that subscribes is opened
         host = Host(settings or load_settings())
-    view = LiveView(host.hypervisor) if live else None
+    view = LiveView(host.hypervisor, host.lifecycle.current) if live else None
     ctx = ApiContext(host, api_host, view)
 
     @asynccontextmanager

@@ -1,12 +1,15 @@
 """Foreground-switch latency: our swap paths against the naive one, in one run.
 
-Ours: pause the current VM, resume the target whose RAM was paged out to its file,
-return when its agent answers (the previous VM is paged out afterwards, off the
-user's path). Also timed: a target in the managed-save tier (restored), a paused
-target whose RAM stayed (budget policy), and the naive path: managed save of the
-current VM, then start the target, then its agent. Prints one JSON line: p50/p95 of
-each, the naive/ours ratio, a background VM's QEMU RSS and RAM file on disk, peak
-host RSS, saved-state size. Usage: python -m bench.swap [--rounds 8] [--memory 1024]
+Ours (single-active, the default): pause the current VM, bring the target back from its
+save in place (a QEMU waiting with the RAM file mapped loads ~1 MiB of device state),
+return when its agent answers and its clock is set; the previous VM is saved in place
+afterwards, off the user's path. Also timed: a paged-out target (paused, its RAM file
+paged out: budget pressure), a paused target whose RAM stayed (budget policy with room),
+and the naive path: libvirt's managed save of the current VM, then start the target
+from its managed save, then its agent. Prints one JSON line: p50/p95 of each, the
+naive/ours ratio, a saved VM's waiting QEMU RSS and its state on disk (device state +
+RAM file, and the managed save for comparison), peak host RSS.
+Usage: python -m bench.swap [--rounds 8] [--memory 1024]
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ import psutil
 from bench.vmhome import log, scratch_host
 from core.config import SwapPolicy
 from guest_agent.protocol import Subsystem
-from orchestrator import eviction
 from orchestrator.budget import qemu_rss_mib
 from orchestrator.swap import SwapEngine, Tier
 from orchestrator.views import ActivateView
@@ -66,19 +68,27 @@ class PeakRSS:
 
 def naive_switch(service: VMService, engine: SwapEngine, source: str, target: str) -> float:
     started = time.monotonic()
-    service.lifecycle.save(service.store.get_vm(source), "bench: naive switch")
-    service.lifecycle.restore(service.store.get_vm(target), "bench: naive switch")
+    service.lifecycle.save(service.store.get_vm(source), "bench: naive", in_place=False)
+    service.lifecycle.restore(service.store.get_vm(target), "bench: naive")
     engine._wait_agent(service.store.get_vm(target), timeout_s=120)
     return time.monotonic() - started
 
 
-def background_figures(service: VMService, name: str) -> dict[str, float | None]:
-    """A VM out of the foreground: its QEMU's RSS and its RAM file's blocks on disk."""
-    domain = service.domain_name(name)
-    pid = service.hv.qemu_pid(domain)
-    mappings = eviction.ram_mappings(pid) if pid is not None else []
-    on_disk = (mappings[0].path.stat().st_blocks * 512 / 2**20) if mappings else None
-    return {"qemu_rss_mib": qemu_rss_mib(service.hv, domain) if pid is not None else None,
+def managed_saved(service: VMService, name: str) -> None:
+    """``name`` (saved in place) back in RAM by hand, then saved libvirt's way."""
+    service.lifecycle.restore(service.store.get_vm(name), "bench: to a managed save")
+    service.lifecycle.pause(service.store.get_vm(name), "bench: to a managed save")
+    service.lifecycle.save(service.store.get_vm(name), "bench: naive", in_place=False)
+
+
+def saved_figures(service: VMService, name: str) -> dict[str, float | None]:
+    """A VM saved in place: its waiting QEMU's RSS, its device state and RAM file on disk."""
+    domain, paths = service.domain_name(name), service.paths(name)
+    on_disk = paths.ram.stat().st_blocks * 512 / 2**20 if paths.ram.exists() else None
+    state = paths.device_state.stat().st_size / 2**20 if paths.device_state.exists() else None
+    return {"waiting_qemu_rss_mib": qemu_rss_mib(service.hv, domain)
+            if service.hv.is_active(domain) else None,
+            "device_state_mib": round(state, 2) if state is not None else None,
             "ram_file_on_disk_mib": round(on_disk, 1) if on_disk is not None else None}
 
 
@@ -109,49 +119,50 @@ def main() -> None:
     args = parser.parse_args()
 
     with scratch_host() as host:
-        service, engine = host.vms, host.swap
+        service, engine, settings = host.vms, host.swap, host.vms.settings
         # Each create makes its VM the foreground (single-active): the other steps back.
         for name in NAMES:
             service.create(name, Subsystem.CHAT, memory_mib=args.memory, progress=log)
         engine.activate(NAMES[0])
         engine.activate(NAMES[1])  # both have stepped back once
         with PeakRSS(service) as peak:
-            # Ours, default tier: the previous VM paused and its RAM paged out to its file.
+            # Ours, the default: the previous VM saved in place.
             ours = switch_series(engine, args.rounds, "ours")
-            background = background_figures(service, NAMES[0])
-            # The managed-save tier (budget pressure, or RAM not in a file).
-            saved = switch_series(engine, args.rounds, "saved", lambda target: engine.demote(
-                service.store.get_vm(target), Tier.SAVED))
-            naive: list[float] = []
+            saved = saved_figures(service, NAMES[0])
+            # Budget policy with room: the previous VM stays paused...
+            settings.policy, settings.memory_budget_mib = SwapPolicy.BUDGET, 8192
+            engine.activate(NAMES[0])
+            paused = switch_series(engine, args.rounds, "paused")
+            # ...or, under pressure, is paged out first.
+            paged = switch_series(engine, args.rounds, "paged-out", lambda target: engine.demote(
+                service.store.get_vm(target), Tier.EVICTED))
+            # The naive path: managed save of the current VM, then start the target.
             current = service.store.foreground()
-            for name in NAMES:  # the naive path starts from a saved target
-                if name != current:
-                    engine.demote(service.store.get_vm(name), Tier.SAVED)
-            for i in range(args.rounds):
-                target = NAMES[i % 2]
-                if current is None or current == target:
-                    continue
+            other = next(n for n in NAMES if n != current)
+            engine.demote(service.store.get_vm(other), Tier.SAVED)  # in place
+            managed_saved(service, other)
+            managed_mib = service.hv.managed_save_path(
+                service.domain_name(other)).stat().st_size / 2**20
+            naive: list[float] = []
+            for _ in range(args.rounds):
+                assert current is not None
+                target = next(n for n in NAMES if n != current)
                 naive.append(naive_switch(service, engine, current, target))
                 current = target
                 log(f"naive -> {target}: {naive[-1]:.3f}s")
-            save_sizes = [service.hv.managed_save_path(service.domain_name(n)).stat().st_size
-                          for n in NAMES if service.hv.has_managed_save(service.domain_name(n))]
-            # The paused tier (budget policy with room): the destination's RAM never left.
-            service.settings.policy = SwapPolicy.BUDGET
-            service.settings.memory_budget_mib = 8192
-            paused = switch_series(engine, args.rounds + 2, "paused")
-        ours_p50, ours_p95 = p50_p95(ours, "paged-in")
-        saved_p50, saved_p95 = p50_p95(saved, "restored")
+        ours_p50, ours_p95 = p50_p95(ours, "restored")
+        paged_p50, paged_p95 = p50_p95(paged, "paged-in")
         paused_p50, paused_p95 = p50_p95(paused, "resumed")
+        gib = args.memory / 1024
         figures = {
             "bench": "swap",
             "accel": service.store.get_vm(NAMES[0]).accel,
             "guest_memory_mib": args.memory,
             "rounds": args.rounds,
-            "ours_paged_in_p50_s": ours_p50,
-            "ours_paged_in_p95_s": ours_p95,
-            "saved_dest_p50_s": saved_p50,
-            "saved_dest_p95_s": saved_p95,
+            "ours_saved_in_place_p50_s": ours_p50,
+            "ours_saved_in_place_p95_s": ours_p95,
+            "paged_out_dest_p50_s": paged_p50,
+            "paged_out_dest_p95_s": paged_p95,
             "paused_dest_p50_s": paused_p50,
             "paused_dest_p95_s": paused_p95,
             "naive_p50_s": percentile(naive, 0.5),
@@ -160,11 +171,12 @@ def main() -> None:
             if ours_p50 else None,
             "ours_phase_p50_s": {k: round(statistics.median(r.timings[k] for r in ours), 3)
                                  for k in ours[0].timings},
-            "background_vm": background,
+            "saved_vm": saved,
+            "saved_in_place_share_of_ram": round(
+                ((saved["device_state_mib"] or 0) + (saved["ram_file_on_disk_mib"] or 0))
+                / args.memory, 3),
+            "managed_save_mib_per_guest_gib": round(managed_mib / gib, 1),
             "peak_host_rss_mib": peak.peak_mib,
-            "saved_state_mib_per_guest_gib": round(
-                statistics.mean(save_sizes) / 2**20 / (args.memory / 1024), 1)
-            if save_sizes else None,
         }
     print(json.dumps(figures))
 

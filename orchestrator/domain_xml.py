@@ -18,6 +18,8 @@ ET.register_namespace("somnus", SOMNUS_NS)
 NIC_PCI_ADDR = "0x9"
 # ...which gives it this predictable name inside the guest.
 GUEST_NIC_NAME = "enp0s9"
+# The memory backend of guest RAM kept in a file (``ram_file_args``).
+RAM_BACKEND = "somnus-ram"
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,9 @@ class DomainSpec:
     vm_name: str = ""  # the Somnus name (the domain's carries the home's prefix)
     owner_home: str = ""  # the Somnus home whose record owns this domain
     tb_cache_mib: int = 0  # TCG translation cache; 0 leaves QEMU's default (1 GiB)
-    ram_file: bool = False  # guest RAM as a shared file mapping (see orchestrator.eviction)
+    # Guest RAM as a shared mapping of this file (None: anonymous): it can be paged out
+    # (orchestrator.eviction) and it outlives QEMU, so a save need not copy it.
+    ram_file: Path | None = None
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -75,6 +79,35 @@ def user_netdev_args(spec: DomainSpec) -> list[str]:
     ]
 
 
+def _qemu_opt(value: str) -> str:
+    """A value inside a QEMU ``key=value,...`` option: commas are doubled."""
+    return value.replace(",", ",,")
+
+
+def ram_file_args(spec: DomainSpec) -> list[str]:
+    """Guest RAM in our own file, not libvirt's ``<memoryBacking><source type='file'/>``:
+    libvirt puts that file under a per-start folder and deletes it when QEMU exits."""
+    if spec.ram_file is None:
+        return []
+    return [
+        "-object", f"memory-backend-file,id={RAM_BACKEND},mem-path={_qemu_opt(str(spec.ram_file))},"
+                   f"share=on,size={spec.memory_mib}M",
+        "-machine", f"memory-backend={RAM_BACKEND}",  # QEMU merges -machine: this one wins
+    ]
+
+
+def incoming_deferred(domain_xml: str) -> str:
+    """The same domain, started to wait for a device state (``migrate-incoming``) instead
+    of booting: how a VM saved in place comes back (``Hypervisor.load_device_state``)."""
+    domain = ET.fromstring(domain_xml)
+    cmdline = domain.find(f"{{{QEMU_NS}}}commandline")
+    if cmdline is None:
+        cmdline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
+    for arg in ("-incoming", "defer"):
+        ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
+    return ET.tostring(domain, encoding="unicode")
+
+
 def build_domain_xml(spec: DomainSpec) -> str:
     """The complete <domain> document for ``spec``."""
     domain = ET.Element("domain", type=spec.accel.domain_type)
@@ -85,11 +118,6 @@ def build_domain_xml(spec: DomainSpec) -> str:
     _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "currentMemory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(spec.vcpus))
-    if spec.ram_file:
-        # A file in libvirt's memory_backing_dir, mapped shared: pages can go out to disk.
-        backing = _sub(domain, "memoryBacking")
-        _sub(backing, "source", type="file")
-        _sub(backing, "access", mode="shared")
     metadata = _sub(domain, "metadata")
     ET.SubElement(metadata, f"{{{SOMNUS_NS}}}vm", name=spec.vm_name, home=spec.owner_home)
 
@@ -127,7 +155,7 @@ def build_domain_xml(spec: DomainSpec) -> str:
     _sub(devices, "memballoon", model="virtio", freePageReporting="on")
 
     cmdline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
-    for arg in user_netdev_args(spec):
+    for arg in user_netdev_args(spec) + ram_file_args(spec):
         ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")

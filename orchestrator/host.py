@@ -51,7 +51,7 @@ class Host:
         self._hv = hypervisor
         self._hv_lock = threading.Lock()
         self._remote = remote
-        self.lifecycle = Lifecycle(settings, self.store, self.hypervisor, meter)
+        self.lifecycle = Lifecycle(settings, self.store, self.hypervisor, meter, faults)
         self.vms = VMService(self.lifecycle, agents or TokenAgents(settings), self.lock,
                              faults=faults)
         if settler is None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
 import time
 import xml.etree.ElementTree as ET
@@ -13,6 +15,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import libvirt
+import libvirt_qemu
 
 from core.errors import Conflict, HypervisorUnavailable, NotFound
 from orchestrator.models import VMState
@@ -33,11 +36,21 @@ class SnapshotInfo:
 
 
 _RUNNING_STATES = {libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED}
+# The migration capability that leaves RAM blocks mapped shared (our RAM file) out of
+# the stream: a save writes the device state only (~1 MiB), the RAM stays in its file.
+_IGNORE_SHARED = "x-ignore-shared"
+_STATE_FD = "somnus-state"
+# libvirt's QEMU driver state folder is owned by the user its QEMU processes run as.
+_QEMU_STATE_DIR = Path("/var/lib/libvirt/qemu")
 
 
 # libvirt-python raises SystemError (caused by a UnicodeDecodeError) when an error
 # message holds bytes that are not UTF-8, e.g. QEMU quoting a corrupt save file.
 LibvirtFailure = (libvirt.libvirtError, SystemError)
+
+
+def _capability(on: bool) -> dict[str, Any]:
+    return {"capabilities": [{"capability": _IGNORE_SHARED, "state": on}]}
 
 
 def _one_line(exc: BaseException) -> str:
@@ -164,6 +177,11 @@ class Hypervisor:
                  | libvirt.VIR_DOMAIN_XML_MIGRATABLE)
         return str(self._lookup(name).XMLDesc(flags))
 
+    def definition(self, name: str) -> str:
+        """The domain's persistent definition, secrets included (for a live variant of it)."""
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+        return str(self._lookup(name).XMLDesc(flags))
+
     def has_managed_save(self, name: str) -> bool:
         return bool(self._lookup(name).hasManagedSaveImage(0))
 
@@ -172,7 +190,106 @@ class Hypervisor:
 
     def managed_save_path(self, name: str) -> Path:
         """Where libvirt's QEMU driver keeps the managed save (fixed for qemu:///system)."""
-        return Path("/var/lib/libvirt/qemu/save") / f"{name}.save"
+        return _QEMU_STATE_DIR / "save" / f"{name}.save"
+
+    def qemu_owner(self) -> tuple[int, int]:
+        """(uid, gid) QEMU runs as: files it opens itself (its RAM file) must be theirs."""
+        try:
+            folder = _QEMU_STATE_DIR.stat()
+        except FileNotFoundError:  # another driver (libvirt's test driver): no QEMU user
+            return os.getuid(), os.getgid()
+        return folder.st_uid, folder.st_gid
+
+    # -- saving in place: the device state only, guest RAM stays in its file -------------
+    # libvirt 9.0 cannot set x-ignore-shared, so these talk to QEMU's monitor through
+    # libvirt (virDomainQemuMonitorCommandWithFiles); libvirt marks the domain tainted.
+
+    def save_device_state(self, name: str, path: Path, timeout_s: float = 60.0) -> None:
+        """Write a paused domain's device state to ``path``; its RAM file is left out.
+
+        The domain stays paused (its QEMU can then go). On failure the capability is
+        turned off again, so a later managed save still carries the RAM.
+        """
+        dom = self._lookup(name)
+        self._qmp(dom, "migrate-set-capabilities", _capability(True))
+        try:
+            self._hand_file(dom, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            self._qmp(dom, "migrate", {"uri": f"fd:{_STATE_FD}"})
+            self._wait_migration(dom, "save", timeout_s)
+        except BaseException:
+            with contextlib.suppress(HypervisorUnavailable):
+                self._qmp(dom, "migrate_cancel")
+                self._qmp(dom, "migrate-set-capabilities", _capability(False))
+            raise
+
+    def start_waiting(self, name: str, domain_xml: str) -> None:
+        """Start the domain's QEMU from ``domain_xml`` (its definition plus ``-incoming
+        defer``) without running it: it maps its RAM file and waits for a device state.
+
+        The persistent definition stays as it is; this live one ends with the QEMU.
+        """
+        try:
+            self.conn.createXML(domain_xml, libvirt.VIR_DOMAIN_START_PAUSED)
+        except LibvirtFailure as exc:
+            raise HypervisorUnavailable(f"cannot start '{name}' for a restore: "
+                                        f"{_one_line(exc)}") from exc
+
+    def load_device_state(self, name: str, path: Path, timeout_s: float = 60.0) -> None:
+        """Load ``path`` into a waiting domain (``start_waiting``); it stays paused.
+
+        A state that does not fit (corrupt, another QEMU) fails here: QEMU cannot
+        take another one, so the caller powers it off.
+        """
+        dom = self._lookup(name)
+        self._qmp(dom, "migrate-set-capabilities", _capability(True))
+        self._hand_file(dom, path, os.O_RDONLY)
+        self._qmp(dom, "migrate-incoming", {"uri": f"fd:{_STATE_FD}"})
+        self._wait_migration(dom, "restore", timeout_s)
+        # Off again: a later managed save of this QEMU must carry the RAM (and a QEMU
+        # restoring that save, with the capability off, would refuse it).
+        self._qmp(dom, "migrate-set-capabilities", _capability(False))
+
+    def _hand_file(self, dom: libvirt.virDomain, path: Path, flags: int) -> None:
+        """Open ``path`` here and pass the descriptor to QEMU as ``_STATE_FD``: QEMU runs
+        as libvirt's user and need not be able to open the VM's folder itself."""
+        fd = os.open(path, flags, 0o600)
+        try:
+            self._qmp(dom, "getfd", {"fdname": _STATE_FD}, files=[fd])
+        finally:
+            os.close(fd)
+
+    def _wait_migration(self, dom: libvirt.virDomain, verb: str, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            progress = self._qmp(dom, "query-migrate")
+            status = progress.get("status")
+            if status == "completed":
+                return
+            if status in ("failed", "cancelled"):
+                why = progress.get("error-desc", status)
+                raise HypervisorUnavailable(f"cannot {verb} '{dom.name()}': QEMU says {why}")
+            if time.monotonic() > deadline:
+                raise HypervisorUnavailable(f"cannot {verb} '{dom.name()}': no end after "
+                                            f"{timeout_s:.0f} s (migration {status})")
+            time.sleep(0.005)
+
+    def _qmp(self, dom: libvirt.virDomain, command: str, arguments: dict[str, Any] | None = None,
+             files: list[int] | None = None) -> Any:
+        """One QMP command to the domain's QEMU, through libvirt; its ``return`` value."""
+        text = json.dumps({"execute": command, **({"arguments": arguments} if arguments else {})})
+        try:
+            if files:
+                reply = libvirt_qemu.qemuMonitorCommandWithFiles(dom, text, files, 0)[0]
+            else:
+                reply = libvirt_qemu.qemuMonitorCommand(dom, text, 0)
+        except LibvirtFailure as exc:
+            raise HypervisorUnavailable(f"QEMU monitor of '{dom.name()}' ({command}): "
+                                        f"{_one_line(exc)}") from exc
+        answer = json.loads(reply)
+        if "error" in answer:
+            raise HypervisorUnavailable(f"QEMU refused {command} for '{dom.name()}': "
+                                        f"{answer['error'].get('desc', answer['error'])}")
+        return answer.get("return")
 
     def save_folder_free_mib(self, name: str, fallback: Path) -> int:
         """Free MiB where the domain's managed save goes (``fallback`` if that folder is absent)."""
@@ -264,12 +381,19 @@ class Hypervisor:
         if code in _RUNNING_STATES:
             return VMState.RUNNING
         if code == libvirt.VIR_DOMAIN_PAUSED:
-            return VMState.PAUSED
+            # A QEMU waiting for its device state (``start_waiting``) is a saved VM.
+            return VMState.SAVED if self._waiting(dom) else VMState.PAUSED
         if code == libvirt.VIR_DOMAIN_CRASHED:
             return VMState.ERROR
         if code == libvirt.VIR_DOMAIN_SHUTOFF and dom.hasManagedSaveImage(0):
             return VMState.SAVED
         return VMState.STOPPED
+
+    def _waiting(self, dom: libvirt.virDomain) -> bool:
+        try:
+            return bool(self._qmp(dom, "query-status").get("status") == "inmigrate")
+        except HypervisorUnavailable:
+            return False  # gone meanwhile: the next read tells
 
     def is_running(self, name: str) -> bool:
         try:

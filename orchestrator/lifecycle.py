@@ -1,20 +1,26 @@
 """The one owner of VM state: every move of a VM, in libvirt and in the store together.
 
 Each verb (register, boot, pause, resume, evict, save, capture, restore, stop, revert,
-destroy) makes
-the libvirt call and records the transition, checked against :data:`ALLOWED`, with
-its reason. Every verb that brings a VM into RAM first passes :meth:`Lifecycle.admit`:
-its RAM plus QEMU's overhead must fit the memory budget as measured on the host, and
-the host's free memory. No other module calls ``Store.set_state`` or a libvirt verb
-that changes a domain (``tests/unit/test_architecture.py`` checks it).
+destroy) makes the libvirt call and records the transition, checked against
+:data:`ALLOWED`, with its reason. Every verb that brings a VM into RAM first passes
+:meth:`Lifecycle.admit`: its RAM plus QEMU's overhead must fit the memory budget as
+measured on the host, and the host's free memory. No other module calls
+``Store.set_state`` or a libvirt verb that changes a domain
+(``tests/unit/test_architecture.py`` checks it).
 
 Reads go through :func:`live_state`, which computes a VM's state from its record and
 libvirt without writing; :meth:`Lifecycle.reconcile_one` writes what it computes.
+
+A VM whose RAM is a file is *saved in place*: QEMU writes only its device state
+(``Hypervisor.save_device_state``), exits, and a new QEMU is started waiting for that
+state with the RAM file mapped (~50 MiB resident); coming back is loading ~1 MiB and
+``cont``. Other VMs use libvirt's managed save, which copies the RAM.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +33,11 @@ from core.errors import Conflict, HypervisorUnavailable, InsufficientResources, 
 from core.types import Progress
 from orchestrator import eviction
 from orchestrator.budget import MIB, BudgetView, Meter, QemuMeter, projected_mib
+from orchestrator.domain_xml import incoming_deferred
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import VMRecord, VMState
+from orchestrator.paths import VMPaths
+from orchestrator.seams import FaultHook, env_faults
 from orchestrator.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,16 +74,24 @@ class Observed:
     error: str | None = None
 
 
-def live_state(record: VMRecord, domain_state: VMState | None) -> Observed:
+def live_state(record: VMRecord, domain_state: VMState | None,
+               interrupted: bool = False) -> Observed:
     """The VM's state now, from its record and its domain's state (None: no domain).
 
     Pure: the same rules serve reads (which show it) and reconcile (which writes it).
+    A save or restore in progress shows as such, unless ``interrupted`` (reconcile,
+    under the home's lock: its command was killed), when the domain tells.
     """
     if domain_state is None:
         if record.state is S.ERROR:
             return Observed(S.ERROR, error=record.last_error)
         return Observed(S.ERROR, "domain gone from libvirt", "libvirt domain vanished")
-    if record.state not in SETTLED_STATES or domain_state is record.state:
+    if domain_state is record.state:
+        return Observed(record.state, error=record.last_error)
+    if record.state in (S.SAVING, S.RESTORING) and interrupted:
+        verb = "save" if record.state is S.SAVING else "restore"
+        return Observed(domain_state, f"an interrupted {verb}")
+    if record.state not in SETTLED_STATES:
         return Observed(record.state, error=record.last_error)
     if record.state is S.ERROR and domain_state is S.STOPPED:
         return Observed(S.ERROR, error=record.last_error)  # stands until started or deleted
@@ -87,11 +104,12 @@ class Lifecycle:
     """Moves VMs between states on one host: libvirt and the store, together."""
 
     def __init__(self, settings: Settings, store: Store, hypervisor: Callable[[], Hypervisor],
-                 meter: Meter | None = None) -> None:
+                 meter: Meter | None = None, faults: FaultHook = env_faults) -> None:
         self.settings = settings
         self.store = store
         self._hypervisor = hypervisor
         self.meter: Meter = meter or QemuMeter(hypervisor, settings)
+        self.faults = faults
 
     def budget(self, records: list[VMRecord] | None = None) -> BudgetView:
         """Every VM's (or ``records``') resident memory against the budget, measured now."""
@@ -119,8 +137,11 @@ class Lifecycle:
         return self._move(record, S.ERROR, reason, error)
 
     def reconcile_one(self, record: VMRecord) -> str | None:
-        """Write what :func:`live_state` computes; one line per change, None if none."""
-        observed = live_state(record, self.domain_state(record))
+        """Write what :func:`live_state` computes; one line per change, None if none.
+
+        Called under the home's lock: a save or restore still recorded was interrupted.
+        """
+        observed = live_state(record, self.domain_state(record), interrupted=True)
         if observed.state is record.state:
             return None
         self._move(record, observed.state, observed.why, observed.error)
@@ -129,11 +150,23 @@ class Lifecycle:
         return f"{record.name}: {observed.why} -> {observed.state.value}"
 
     def domain_state(self, record: VMRecord) -> VMState | None:
-        """libvirt's state of the VM's domain in Somnus terms; None when it has none."""
+        """Where the VM's domain is, in Somnus terms; None when libvirt has none."""
         try:
-            return self.hv.state(record.domain_name)
+            return self.current(record)
         except NotFound:
             return None
+
+    def current(self, record: VMRecord) -> VMState:
+        """Where the VM's domain is: libvirt's state, and 'saved' for a VM saved in place
+        whose QEMU is gone (its device state and RAM file are on disk). NotFound without
+        a domain."""
+        state = self.hv.state(record.domain_name)
+        if state is S.STOPPED and self._paths(record).device_state.exists():
+            return S.SAVED
+        return state
+
+    def _paths(self, record: VMRecord) -> VMPaths:
+        return VMPaths(Path(record.vm_dir))
 
     # -- admission ----------------------------------------------------------------------
 
@@ -184,10 +217,19 @@ class Lifecycle:
     def boot(self, record: VMRecord, reason: str) -> VMRecord:
         """Cold-boot the domain (admitted first). A new VM stays 'creating' until ready."""
         self.admit(record)
+        self._fresh_ram(record)
         self.hv.start(record.domain_name)
         if record.state is S.CREATING:
             return record
         return self._move(record, S.RUNNING, reason)
+
+    def _fresh_ram(self, record: VMRecord) -> None:
+        """A cold boot starts from empty RAM: the old contents (and their blocks on disk)
+        go, with any device state saved with them."""
+        paths = self._paths(record)
+        paths.device_state.unlink(missing_ok=True)
+        if paths.ram.exists():
+            os.truncate(paths.ram, 0)
 
     def boot_from_save(self, record: VMRecord, image: Path) -> None:
         """Start a new VM (still 'creating') from a save image whose header names its
@@ -207,6 +249,8 @@ class Lifecycle:
         """Unfreeze a paused VM (RAM paged out to its file faults back in on demand)."""
         self.admit(record)
         self.hv.resume(record.domain_name)
+        # A device state written before a save was interrupted describes the past now.
+        self._paths(record).device_state.unlink(missing_ok=True)
         return self._move(record, S.RUNNING, reason)
 
     def ram_in_file(self, record: VMRecord) -> bool:
@@ -237,8 +281,14 @@ class Lifecycle:
                      reason, result.before_mib, result.after_mib, result.seconds)
         return result
 
-    def save(self, record: VMRecord, reason: str) -> VMRecord:
-        """Managed save: RAM and device state to disk, QEMU gone. Refused without room."""
+    def save(self, record: VMRecord, reason: str, in_place: bool = True) -> VMRecord:
+        """RAM and device state to disk, QEMU gone. Refused without room.
+
+        A VM whose RAM is a file is saved in place (unless not ``in_place``): only the
+        device state is written, and a QEMU waits for it. Others get a managed save.
+        """
+        if in_place and self.ram_in_file(record):
+            return self._save_in_place(record, reason)
         self._require_save_space(record)
         self._move(record, S.SAVING, reason)
         try:
@@ -248,6 +298,65 @@ class Lifecycle:
             self._move(record, self.hv.state(record.domain_name), "save failed")
             raise
         return self._move(record, S.SAVED, reason)
+
+    def _save_in_place(self, record: VMRecord, reason: str) -> VMRecord:
+        """Device state to a file, QEMU gone, its RAM file compacted and written to disk
+        (``eviction.settle_file``), then a QEMU waiting for that state.
+
+        A device state that cannot be written leaves the VM as it was (paused).
+        """
+        paths = self._paths(record)
+        self._require_save_space(record, paths.root, SAVE_MARGIN_MIB)
+        self._move(record, S.SAVING, reason)
+        if self.hv.state(record.domain_name) is S.RUNNING:
+            self.hv.pause(record.domain_name)  # the RAM file must not change under the state
+        writing = paths.device_state.with_suffix(".partial")
+        try:
+            self.hv.save_device_state(record.domain_name, writing)
+            with open(writing, "rb+") as state:
+                os.fsync(state.fileno())
+            writing.replace(paths.device_state)  # complete or absent, never half
+        except (HypervisorUnavailable, OSError) as exc:
+            writing.unlink(missing_ok=True)
+            self._move(record, self.hv.state(record.domain_name), "save failed")
+            if isinstance(exc, OSError):
+                raise HypervisorUnavailable(f"cannot save '{record.name}': {exc}") from exc
+            raise
+        self.faults("save_state_written")
+        self.hv.stop(record.domain_name, force=True)
+        self.faults("save_qemu_gone")
+        compacted = eviction.settle_file(paths.ram)
+        if compacted is not None:
+            log.info("saved '%s' in place: RAM file %d -> %d MiB on disk in %.2f s",
+                     record.name, compacted.before_mib, compacted.after_mib, compacted.seconds)
+        try:
+            self._wait_for_state(record)
+        except HypervisorUnavailable as exc:
+            # Still saved: its state is on disk, and the restore starts the QEMU itself.
+            log.warning("'%s' is saved but no QEMU waits for it (%s)", record.name, exc)
+        return self._move(record, S.SAVED, reason)
+
+    def _wait_for_state(self, record: VMRecord) -> None:
+        """Start the VM's QEMU waiting for its device state: the RAM file is mapped, not
+        read, so it holds ~50 MiB while the VM is saved, and restoring skips QEMU's start."""
+        self.hv.start_waiting(record.domain_name,
+                              incoming_deferred(self.hv.definition(record.domain_name)))
+
+    def drop_waiting(self, record: VMRecord) -> None:
+        """Power off the QEMU waiting for a saved VM's state, to free its memory: the VM
+        stays saved (the restore starts a QEMU again)."""
+        if self.hv.state(record.domain_name) is S.SAVED and self.hv.is_active(record.domain_name):
+            self.hv.stop(record.domain_name, force=True)
+
+    def _restore_in_place(self, record: VMRecord) -> None:
+        """Load the device state into the waiting QEMU (started now if there is none) and
+        run it; the state file goes once loaded. Raises HypervisorUnavailable."""
+        paths = self._paths(record)
+        if self.hv.state(record.domain_name) is not S.SAVED:
+            self._wait_for_state(record)
+        self.hv.load_device_state(record.domain_name, paths.device_state)
+        paths.device_state.unlink()
+        self.hv.resume(record.domain_name)
 
     def capture(self, record: VMRecord, image: Path, while_off: Callable[[], None],
                 reason: str) -> str:
@@ -281,13 +390,15 @@ class Lifecycle:
             self._move(record, S.RUNNING, f"{reason}: {path}")
         return path
 
-    def _require_save_space(self, record: VMRecord, folder: Path | None = None) -> None:
-        """Room for a save of ``record`` in ``folder`` (default: libvirt's managed saves)."""
+    def _require_save_space(self, record: VMRecord, folder: Path | None = None,
+                            need_mib: int | None = None) -> None:
+        """Room for a save of ``record`` in ``folder`` (default: libvirt's managed saves):
+        ``need_mib``, by default its whole RAM."""
         if folder is None:
             free_mib = self.hv.save_folder_free_mib(record.domain_name, self.settings.home)
         else:
             free_mib = shutil.disk_usage(folder).free // MIB
-        need_mib = record.memory_mib + SAVE_MARGIN_MIB
+        need_mib = need_mib or record.memory_mib + SAVE_MARGIN_MIB
         if free_mib < need_mib:
             raise InsufficientResources(
                 f"cannot save '{record.name}': {free_mib} MiB free where it is saved, up "
@@ -295,20 +406,28 @@ class Lifecycle:
 
     def restore(self, record: VMRecord, reason: str,
                 progress: Progress | None = None) -> str:
-        """Back from the managed save; returns 'restored' or 'cold-boot-after-bad-save'.
+        """Back from its save (in place, or libvirt's managed save); returns 'restored' or
+        'cold-boot-after-bad-save'.
 
-        A save file that cannot be restored (a corrupt write, another QEMU) is dropped
-        and the same disk boots cold, with a warning: the VM is never lost.
+        A save that cannot be restored (a corrupt write, another QEMU) is dropped and the
+        same disk boots cold, with a warning: the VM is never lost.
         """
         self.admit(record)
         self._move(record, S.RESTORING, reason)
         try:
-            self.hv.start(record.domain_name)
+            if self._paths(record).device_state.exists():
+                self._restore_in_place(record)
+            else:
+                self.hv.start(record.domain_name)
             path = "restored"
         except HypervisorUnavailable as exc:
+            log.warning("restore of '%s' failed (%s): cold boot", record.name, exc)
             if progress:
                 progress(f"warning: restore of '{record.name}' failed ({exc}); cold boot")
-            self.hv.remove_managed_save(record.domain_name)
+            self.hv.stop(record.domain_name, force=True)
+            if self.hv.has_managed_save(record.domain_name):
+                self.hv.remove_managed_save(record.domain_name)
+            self._fresh_ram(record)
             self.hv.start(record.domain_name)
             path = "cold-boot-after-bad-save"
         self._move(record, S.RUNNING, f"{reason}: {path}")
@@ -321,7 +440,9 @@ class Lifecycle:
         A saved VM's save is dropped: stopped means its next start boots cold. A paused
         guest cannot hear ACPI: it is resumed first when it fits, else powered off.
         """
-        if not force and self.hv.state(record.domain_name) is S.PAUSED:
+        live = self.hv.state(record.domain_name)
+        force = force or live is S.SAVED  # a QEMU waiting for its state has no guest yet
+        if not force and live is S.PAUSED:
             try:
                 self.admit(record)
                 self.hv.resume(record.domain_name)
@@ -330,6 +451,7 @@ class Lifecycle:
         clean = self.hv.stop(record.domain_name, timeout_s=timeout_s, force=force)
         if self.hv.has_managed_save(record.domain_name):
             self.hv.remove_managed_save(record.domain_name)
+        self._paths(record).device_state.unlink(missing_ok=True)
         self._move(record, S.STOPPED, reason if clean else f"{reason} (powered off)")
         return clean
 
@@ -341,15 +463,21 @@ class Lifecycle:
             self._move(record, S.STOPPED, reason)
 
     def drop_save(self, record: VMRecord, reason: str) -> VMRecord:
-        """Forget a managed save: the VM boots cold next time."""
-        self.hv.remove_managed_save(record.domain_name)
+        """Forget a save: the VM boots cold next time."""
+        if self.hv.is_active(record.domain_name):
+            self.hv.stop(record.domain_name, force=True)  # the QEMU waiting for the state
+        if self.hv.has_managed_save(record.domain_name):
+            self.hv.remove_managed_save(record.domain_name)
+        self._paths(record).device_state.unlink(missing_ok=True)
         return self._move(record, S.STOPPED, reason)
 
     def revert(self, record: VMRecord, snapshot: str, running: bool) -> VMState:
         """Disk (and memory, for a snapshot taken running) back to ``snapshot``."""
         if running:
             self.admit(record)
+        self.drop_waiting(record)  # a QEMU waiting for a device state cannot load a snapshot
         self.hv.snapshot_revert(record.domain_name, snapshot)
+        self._paths(record).device_state.unlink(missing_ok=True)  # the snapshot rules now
         state = self.hv.state(record.domain_name)
         self._move(record, state, f"reverted to snapshot '{snapshot}'")
         return state

@@ -49,8 +49,12 @@ def start_event_loop() -> None:
 class LiveView:
     """Domain states by name, refreshed only when libvirt says something changed."""
 
-    def __init__(self, hypervisor: Callable[[], Hypervisor]) -> None:
+    def __init__(self, hypervisor: Callable[[], Hypervisor],
+                 read: Callable[[VMRecord], VMState]) -> None:
+        """``read`` is where a VM's domain is (``Lifecycle.current``: a VM saved in place
+        whose QEMU is gone is 'saved', which libvirt alone cannot tell); NotFound: none."""
         self._hypervisor = hypervisor
+        self._read = read
         self._lock = threading.Lock()
         self._states: dict[str, VMState | None] = {}
         self._stale: set[str] = set()
@@ -105,7 +109,7 @@ class LiveView:
                 return self._states[name]
             self._stale.discard(name)
         try:
-            state: VMState | None = self._hypervisor().state(name)
+            state: VMState | None = self._read(record)
         except NotFound:
             state = None
         with self._lock:

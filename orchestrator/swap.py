@@ -41,7 +41,7 @@ class Tier(StrEnum):
 
     PAUSED = "paused"  # vCPUs frozen, RAM resident: back in a resume
     EVICTED = "evicted"  # paused, its file-backed RAM paged out to disk: back in a resume
-    SAVED = "saved"  # managed save: QEMU gone, RAM and devices in a file
+    SAVED = "saved"  # device state on disk (RAM in its file, or in libvirt's managed save)
     STOPPED = "stopped"
 
 
@@ -212,6 +212,12 @@ class SwapEngine:
                     f"is {budget.limit_mib} MiB (SOMNUS_MEMORY_BUDGET_MIB)"
                 )
             victim = candidates[0]
+            if self.lifecycle.current(victim) is VMState.SAVED:
+                if progress:
+                    progress(f"budget: '{victim.name}' (saved) lets its waiting QEMU go")
+                self.lifecycle.drop_waiting(victim)
+                budget = self._budget()
+                continue
             tier = Tier.SAVED
             if victim.name not in paged_out and self.lifecycle.ram_in_file(victim):
                 tier = Tier.EVICTED  # cheap (no QEMU restart to come back), so first
@@ -223,7 +229,7 @@ class SwapEngine:
 
     def _bring_up(self, target: VMRecord, entry: Entry, laps: Laps,
                   progress: Progress | None) -> str:
-        live = self.hv.state(target.domain_name)
+        live = self.lifecycle.current(target)
         if live is VMState.RUNNING:
             path = "already-running"
         elif live is VMState.PAUSED:
@@ -283,14 +289,14 @@ class SwapEngine:
         return resident is not None and resident <= record.memory_mib * EVICTED_SHARE
 
     def _in_tier(self, record: VMRecord, tier: Tier) -> bool:
-        live = self.hv.state(record.domain_name)
+        live = self.lifecycle.current(record)
         if tier is Tier.EVICTED:
             return live is VMState.PAUSED and self._is_evicted(record)
         return live.value == tier.value
 
     def demote(self, record: VMRecord, tier: Tier) -> None:
         """Move a non-foreground VM to ``tier`` (from RAM; a saved or stopped VM stays)."""
-        live = self.hv.state(record.domain_name)
+        live = self.lifecycle.current(record)
         if live in (VMState.STOPPED, VMState.SAVED, VMState.ERROR) or self._in_tier(record, tier):
             return
         if tier in (Tier.PAUSED, Tier.EVICTED):
@@ -323,16 +329,18 @@ class SwapEngine:
         return changes
 
     def _wanted_tier(self, record: VMRecord, foreground: str | None) -> Tier | None:
-        # Paging out keeps the QEMU (and a resume's speed); saving is for RAM held anonymously.
-        out = Tier.EVICTED if self.lifecycle.ram_in_file(record) else Tier.SAVED
         if self.settings.policy is SwapPolicy.BUDGET:
             if self._budget().fits(0):
                 return None
-            return Tier.SAVED if self._is_evicted(record) else out  # paged out and still over
+            if self.lifecycle.ram_in_file(record) and not self._is_evicted(record):
+                return Tier.EVICTED  # paging out keeps it paused: the cheapest step first
+            return Tier.SAVED
         fg = self.store.find_vm(foreground) if foreground else None
         if fg is not None and self._overlay_allowed(record, fg):
             return None
-        return out
+        # RAM in a file: saved in place (~50 MiB resident, back in a device-state load);
+        # otherwise libvirt's managed save.
+        return Tier.SAVED
 
     # -- recovery -------------------------------------------------------------------------
 
@@ -388,7 +396,7 @@ class SwapEngine:
                 self.demote(moving, Tier.SAVED)
         prev = self.store.find_vm(previous) if previous else None
         if prev is not None and self.hv.exists(prev.domain_name):
-            state = self.hv.state(prev.domain_name)
+            state = self.lifecycle.current(prev)
             if state is VMState.PAUSED:
                 self.lifecycle.resume(prev, "swap rolled back")
             elif state is VMState.SAVED:

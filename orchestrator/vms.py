@@ -43,6 +43,7 @@ from orchestrator.identity import Identity, new_identity, take_identity
 from orchestrator.lifecycle import Lifecycle, Observed, live_state
 from orchestrator.locking import HomeLock
 from orchestrator.models import StateTransition, VMRecord, VMState
+from orchestrator.paths import VMPaths, vm_paths
 from orchestrator.ports import allocate_ports
 from orchestrator.readiness import CLOUD_INIT_STATUS, Stage, cloud_init_done, wait_ready
 from orchestrator.seams import AgentFactory, FaultHook, Foreground, NoForeground, env_faults
@@ -71,42 +72,6 @@ def validate_name(name: str, what: str = "VM") -> None:
             f"invalid {what} name '{name}': use 2-32 lowercase letters, digits and single "
             "hyphens, starting with a letter"
         )
-
-
-@dataclass
-class VMPaths:
-    """Where one VM's files live."""
-
-    root: Path
-
-    @property
-    def overlay(self) -> Path:
-        return self.root / "disk.qcow2"
-
-    @property
-    def seed(self) -> Path:
-        return self.root / "seed.iso"
-
-    @property
-    def serial_log(self) -> Path:
-        return self.root / "serial.log"
-
-    @property
-    def known_hosts(self) -> Path:
-        return self.root / "known_hosts"
-
-    @property
-    def token(self) -> Path:
-        return self.root / "agent-token"
-
-    @property
-    def boot_image(self) -> Path:
-        """A copy of a template's save, named for this VM, while it starts from it."""
-        return self.root / "boot.save"
-
-
-def vm_paths(settings: Settings, name: str) -> VMPaths:
-    return VMPaths(settings.vms_dir / name)
 
 
 class TokenAgents:
@@ -478,6 +443,9 @@ class VMService:
         )
         seed.write_seed_image(files, paths.seed)
         disks.create_overlay(backing, paths.overlay, self.settings.disk_size_gib)
+        if self.settings.ram_file:
+            paths.ram.touch()  # QEMU sizes it; it runs as libvirt's user, so that owns it
+            os.chown(paths.ram, *self.hv.qemu_owner())
         self.lifecycle.define(record, build_domain_xml(
             self._domain_spec(record, image, acceleration, paths)))
         return record
@@ -491,7 +459,8 @@ class VMService:
             serial_log=paths.serial_log, ssh_port=record.ssh_port,
             agent_port=record.agent_port, agent_guest_port=self.settings.agent_guest_port,
             vm_name=record.name, owner_home=str(self.settings.home),
-            tb_cache_mib=self.settings.tb_cache_mib, ram_file=self.settings.ram_file,
+            tb_cache_mib=self.settings.tb_cache_mib,
+            ram_file=paths.ram if self.settings.ram_file else None,
         )
 
     def start(self, name: str, wait: bool = True,
@@ -500,12 +469,12 @@ class VMService:
         with self.changing():
             record = self.store.get_vm(name)
             self._require_domain(record)
-            if self.hv.is_active(record.domain_name):
-                live = self.hv.state(record.domain_name).value
-                raise Conflict(f"VM '{name}' is already up ({live}): bring it forward with "
-                               f"'somnus activate {name}'")
+            live = self.lifecycle.current(record)
+            if live in (VMState.RUNNING, VMState.PAUSED):
+                raise Conflict(f"VM '{name}' is already up ({live.value}): bring it forward "
+                               f"with 'somnus activate {name}'")
             with self.foreground.entering(record, progress) as entry:
-                if self.hv.state(record.domain_name) is VMState.SAVED:
+                if live is VMState.SAVED:
                     self.lifecycle.restore(record, "started", progress)
                 else:
                     self.lifecycle.boot(record, "started")
@@ -656,6 +625,9 @@ class VMService:
             self._require_domain(record)
             if any(s.name == snapshot for s in self.hv.snapshot_list(record.domain_name)):
                 raise AlreadyExists(f"VM '{name}' has a snapshot '{snapshot}' already")
+            if self.lifecycle.current(record) is VMState.SAVED:
+                raise Conflict(f"VM '{name}' is saved: bring it back first "
+                               f"('somnus activate {name}'), then snapshot it")
             if self.hv.is_running(record.domain_name):
                 with suppress(GuestError):
                     self.agent(record).flush()

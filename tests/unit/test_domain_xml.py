@@ -8,7 +8,7 @@ from pathlib import Path
 
 from core.config import AccelMode
 from orchestrator.accel import Acceleration
-from orchestrator.domain_xml import QEMU_NS, DomainSpec, build_domain_xml
+from orchestrator.domain_xml import QEMU_NS, DomainSpec, build_domain_xml, incoming_deferred
 
 
 def make_spec(mode: AccelMode = AccelMode.TCG) -> DomainSpec:
@@ -81,13 +81,29 @@ def test_serial_is_logged_to_the_vm_folder() -> None:
     assert log is not None and log.get("file") == "/vm/serial.log"
 
 
-def test_guest_ram_is_a_shared_file_only_when_asked() -> None:
-    spec = replace(make_spec(), ram_file=True)
-    backing = ET.fromstring(build_domain_xml(spec)).find("memoryBacking")
-    assert backing is not None
-    assert backing.find("source").get("type") == "file"  # type: ignore[union-attr]
-    assert backing.find("access").get("mode") == "shared"  # type: ignore[union-attr]
-    assert ET.fromstring(build_domain_xml(make_spec())).find("memoryBacking") is None
+def qemu_args(xml: str) -> list[str]:
+    return [a.get("value", "") for a in ET.fromstring(xml).iter(f"{{{QEMU_NS}}}arg")]
+
+
+def test_guest_ram_is_our_shared_file_only_when_asked() -> None:
+    spec = replace(make_spec(), ram_file=Path("/vm/odd,name/guest.ram"))
+    args = qemu_args(build_domain_xml(spec))
+    backend = args[args.index("-object") + 1]
+    # Commas in the path are doubled: QEMU would read them as the next option.
+    assert backend == ("memory-backend-file,id=somnus-ram,mem-path=/vm/odd,,name/guest.ram,"
+                       "share=on,size=768M")
+    assert args[args.index("-machine") + 1] == "memory-backend=somnus-ram"
+    # Not libvirt's file backing: its file is deleted when QEMU exits.
+    assert ET.fromstring(build_domain_xml(spec)).find("memoryBacking") is None
+    assert "-object" not in qemu_args(build_domain_xml(make_spec()))
+
+
+def test_an_incoming_deferred_domain_is_the_same_domain_waiting_for_its_state() -> None:
+    xml = build_domain_xml(replace(make_spec(), ram_file=Path("/vm/guest.ram")))
+    waiting = incoming_deferred(xml)
+    assert qemu_args(waiting) == [*qemu_args(xml), "-incoming", "defer"]
+    assert ET.fromstring(waiting).findtext("name") == "somnus-unit"
+    assert incoming_deferred("<domain type='qemu'><name>x</name></domain>").count("defer") == 1
 
 
 def test_tcg_translation_cache_is_capped_when_asked_and_never_under_kvm() -> None:

@@ -4,13 +4,21 @@ driver runs no guest; tests/vm/test_swap.py drives the real thing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from core.config import SwapPolicy
-from core.errors import HypervisorUnavailable, InsufficientResources, InvalidInput, NotFound
+from core.config import Settings, SwapPolicy
+from core.errors import (
+    Conflict,
+    HypervisorUnavailable,
+    InsufficientResources,
+    InvalidInput,
+    NotFound,
+)
 from guest_agent.protocol import Subsystem
+from images.catalog import ImageManifest
 from orchestrator import eviction
 from orchestrator.host import Host
 from orchestrator.hypervisor import Hypervisor
@@ -18,7 +26,14 @@ from orchestrator.models import SwapOutcome, SwapPhase, VMState
 from orchestrator.swap import Tier
 from orchestrator.views import status_view
 from orchestrator.vms import VMService
-from tests.fakes import FaultInjected, RaiseAt, StandInAgents, meter_of, settler_of
+from tests.fakes import (
+    FaultInjected,
+    RaiseAt,
+    StandInAgents,
+    fake_host,
+    meter_of,
+    settler_of,
+)
 
 
 def running_vm(host: Host, name: str, subsystem: Subsystem = Subsystem.CHAT) -> None:
@@ -33,8 +48,15 @@ def chat_in_front_research_saved(host: Host) -> None:
     host.swap.settle()
 
 
+def research_in_front_chat_saved(host: Host) -> None:
+    """'research' in the foreground, 'chat' settled to its save (in place with PagedRam)."""
+    running_vm(host, "chat")
+    running_vm(host, "research", Subsystem.RESEARCH)
+    host.swap.settle()
+
+
 def states(service: VMService) -> dict[str, VMState]:
-    return {r.name: service.hv.state(r.domain_name) for r in service.store.list_vms()}
+    return {r.name: service.lifecycle.current(r) for r in service.store.list_vms()}
 
 
 def test_create_takes_the_foreground_and_settle_saves_the_previous(
@@ -50,9 +72,7 @@ def test_create_takes_the_foreground_and_settle_saves_the_previous(
 
 
 def test_single_active_swaps_back_and_forth(host: Host, agents: StandInAgents) -> None:
-    running_vm(host, "chat")
-    running_vm(host, "research", Subsystem.RESEARCH)
-    host.swap.settle()
+    research_in_front_chat_saved(host)
     back = host.swap.activate("chat")
     assert (back.previous, back.path) == ("research", "restored")
     assert agents.made["research"].calls[-1] == "flush"  # flushed before it left RAM
@@ -116,38 +136,155 @@ def test_budget_saves_least_recently_used_to_make_room(host: Host, agents: Stand
 
 
 class PagedRam:
-    """File-backed guest RAM as lifecycle sees it (the test driver has no QEMU process):
-    resident MiB per QEMU pid, emptied by a page-out."""
+    """File-backed guest RAM as lifecycle sees it (the test driver has no QEMU process
+    and no monitor): resident MiB per QEMU pid, emptied by a page-out; a save in place
+    writes a stand-in device state and its QEMU 'waits' as a paused domain; a device
+    state reading ``corrupt`` does not load."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.resident: dict[int, int] = {}
         self.order: list[str] = []
+        self.waiting: set[str] = set()
         monkeypatch.setattr(Hypervisor, "qemu_pid",
                             lambda _hv, name: 1000 + sum(map(ord, name)))
         monkeypatch.setattr(eviction, "resident_mib", lambda pid: self.resident.get(pid, 400))
         monkeypatch.setattr(eviction, "ram_mappings", lambda pid: [
-            eviction.RamMapping(0, 512 << 20, Path(f"/ram/{pid}/pc.ram"))])
+            eviction.RamMapping(0, 512 << 20, Path(f"/ram/{pid}/guest.ram"))])
         monkeypatch.setattr(eviction, "page_out", self._page_out)
+        for verb, fake in (("save_device_state", self._save),
+                           ("start_waiting", self._start_waiting),
+                           ("load_device_state", self._load)):
+            monkeypatch.setattr(Hypervisor, verb, self._as_method(fake))
+        monkeypatch.setattr(Hypervisor, "_waiting", lambda _hv, dom: dom.name() in self.waiting)
+        stop = Hypervisor.stop
+
+        def stop_and_forget(hv: Hypervisor, name: str, *args: object, **kwargs: object) -> bool:
+            self.waiting.discard(name)
+            return stop(hv, name, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Hypervisor, "stop", stop_and_forget)
+
+    @staticmethod
+    def _as_method(fake: Callable[..., None]) -> Callable[..., None]:
+        """``fake(hv, ...)`` as a Hypervisor method (a bound method would not get ``hv``)."""
+        return lambda hv, *args, **kwargs: fake(hv, *args, **kwargs)
 
     def _page_out(self, pid: int) -> eviction.Eviction:
         self.order.append("page_out")
         before, self.resident[pid] = self.resident.get(pid, 400), 0
         return eviction.Eviction(before, 0, 0.01)
 
+    def _save(self, hv: Hypervisor, name: str, path: Path, timeout_s: float = 60) -> None:
+        assert hv.state(name) is VMState.PAUSED  # the RAM file must hold still
+        self.order.append("save_device_state")
+        path.write_bytes(b"devices")
 
-def test_with_ram_in_a_file_the_previous_vm_is_paged_out_not_saved(
+    def _start_waiting(self, hv: Hypervisor, name: str, domain_xml: str) -> None:
+        assert domain_xml.count("defer") == 1
+        self.order.append("start_waiting")
+        dom = hv.conn.lookupByName(name)
+        dom.create()
+        dom.suspend()
+        self.waiting.add(name)
+
+    def _load(self, hv: Hypervisor, name: str, path: Path, timeout_s: float = 60) -> None:
+        assert name in self.waiting
+        self.order.append("load_device_state")
+        self.waiting.discard(name)
+        if path.read_bytes() == b"corrupt":
+            raise HypervisorUnavailable(f"cannot restore '{name}': QEMU says load failed")
+
+
+def device_state(host: Host, name: str) -> Path:
+    return host.vms.paths(name).device_state
+
+
+def test_with_ram_in_a_file_the_previous_vm_is_saved_in_place(
     host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ram = PagedRam(monkeypatch)
     running_vm(host, "chat")
     running_vm(host, "research", Subsystem.RESEARCH)
-    assert host.swap.settle() == ["chat -> evicted"]
-    assert states(host.vms) == {"chat": VMState.PAUSED, "research": VMState.RUNNING}
-    assert host.swap.settle() == []  # already paged out: nothing to do
+    assert host.swap.settle() == ["chat -> saved"]
+    # Its device state is on disk, its RAM in its file, and a QEMU waits for it.
+    assert states(host.vms) == {"chat": VMState.SAVED, "research": VMState.RUNNING}
+    assert ram.order == ["save_device_state", "start_waiting"]
+    assert device_state(host, "chat").exists()
+    assert not host.vms.hv.has_managed_save(host.store.get_vm("chat").domain_name)
+    assert host.swap.settle() == []  # already saved: nothing to do
     back = host.swap.activate("chat")
-    assert back.path == "paged-in" and ram.order == ["page_out"]
-    assert host.swap.settle() == ["research -> evicted"]
-    assert not host.vms.hv.has_managed_save(host.store.get_vm("research").domain_name)
+    assert back.path == "restored" and ram.order[-1] == "load_device_state"
+    assert not device_state(host, "chat").exists()  # loaded: it describes the past now
+    assert "clock" in agents.made["chat"].calls
+    assert host.swap.settle() == ["research -> saved"]
+
+
+def test_a_saved_vm_whose_qemu_went_is_restored_by_starting_one(
+    host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ram = PagedRam(monkeypatch)
+    research_in_front_chat_saved(host)
+    chat = host.store.get_vm("chat")
+    host.vms.hv.stop(chat.domain_name, force=True)  # e.g. the host rebooted
+    assert host.lifecycle.current(chat) is VMState.SAVED  # its state is on disk
+    assert host.vms.reconcile() == []
+    assert host.swap.activate("chat").path == "restored"
+    assert ram.order[-2:] == ["start_waiting", "load_device_state"]
+
+
+def test_a_device_state_that_does_not_load_boots_the_disk_cold(
+    host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    PagedRam(monkeypatch)
+    research_in_front_chat_saved(host)
+    device_state(host, "chat").write_bytes(b"corrupt")
+    ram_file = host.vms.paths("chat").ram
+    ram_file.write_bytes(b"old guest memory")
+    said: list[str] = []
+    restored = host.lifecycle.restore(host.store.get_vm("chat"), "test", progress=said.append)
+    assert restored == "cold-boot-after-bad-save"
+    assert any("restore of 'chat' failed" in line for line in said)
+    assert not device_state(host, "chat").exists()
+    assert ram_file.stat().st_size == 0  # a cold boot starts from empty RAM
+    assert states(host.vms)["chat"] is VMState.RUNNING
+
+
+@pytest.mark.parametrize("point", ["save_state_written", "save_qemu_gone"])
+def test_a_save_in_place_interrupted_is_settled_by_reconcile(
+    settings: Settings, image: ImageManifest, monkeypatch: pytest.MonkeyPatch, point: str
+) -> None:
+    PagedRam(monkeypatch)
+    host = fake_host(settings, faults=RaiseAt(point))
+    running_vm(host, "chat")
+    running_vm(host, "research", Subsystem.RESEARCH)
+    with pytest.raises(FaultInjected):
+        host.swap.settle()
+    assert host.store.get_vm("chat").state is VMState.SAVING
+    # Before the QEMU went the VM is still paused (its state file is stale then);
+    # after, its device state and RAM file are its save.
+    expected = VMState.PAUSED if point == "save_state_written" else VMState.SAVED
+    assert host.vms.reconcile() == [f"chat: an interrupted save -> {expected.value}"]
+    assert host.swap.activate("chat").path == ("resumed" if expected is VMState.PAUSED
+                                               else "restored")
+    assert not device_state(host, "chat").exists()
+
+
+def test_to_make_room_a_saved_vm_lets_its_waiting_qemu_go(
+    host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    PagedRam(monkeypatch)
+    running_vm(host, "chat")
+    running_vm(host, "research", Subsystem.RESEARCH)
+    host.swap.settle()  # chat saved in place, its QEMU waiting (resident)
+    host.settings.policy = SwapPolicy.BUDGET
+    meter_of(host).set(limit=1100, rss=300)
+    said: list[str] = []
+    host.vms.create("artifacts", Subsystem.ARTIFACTS, memory_mib=512, wait=False,
+                    progress=said.append)
+    assert "budget: 'chat' (saved) lets its waiting QEMU go" in said
+    chat = host.store.get_vm("chat")
+    assert not host.vms.hv.is_active(chat.domain_name)
+    assert host.lifecycle.current(chat) is VMState.SAVED
 
 
 def test_to_make_room_a_vm_is_paged_out_before_it_is_saved(
@@ -160,8 +297,10 @@ def test_to_make_room_a_vm_is_paged_out_before_it_is_saved(
     meter_of(host).set(limit=1000, rss=700)  # paging out does not free enough here
     said: list[str] = []
     host.swap.activate("chat", progress=said.append)
+    # (The stand-in meter says its waiting QEMU holds 700 MiB too: that goes last.)
     assert said == ["budget: 'research' -> evicted to make room",
-                    "budget: 'research' -> saved to make room"]
+                    "budget: 'research' -> saved to make room",
+                    "budget: 'research' (saved) lets its waiting QEMU go"]
     assert states(host.vms) == {"chat": VMState.RUNNING, "research": VMState.SAVED}
 
 
@@ -290,3 +429,13 @@ def test_failed_save_leaves_the_vm_as_it_was(
         host.swap.demote(record, Tier.SAVED)
     assert hv.state(record.domain_name) is VMState.RUNNING
     assert host.store.get_vm("chat").state is VMState.RUNNING
+
+
+def test_a_vm_saved_in_place_is_not_snapshotted_until_it_is_back(
+    host: Host, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    PagedRam(monkeypatch)
+    research_in_front_chat_saved(host)
+    with pytest.raises(Conflict, match="'chat' is saved: bring it back first"):
+        host.vms.snapshot_create("chat", "before")
+    assert device_state(host, "chat").exists()  # nothing was lost

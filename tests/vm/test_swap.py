@@ -1,6 +1,7 @@
-"""Hot-swap with real VMs: single-active (the previous VM paged out to its RAM file),
-the managed-save tier, the budget, kill -9 mid-swap, a corrupt save file, a dead QEMU
-process, snapshots.
+"""Hot-swap with real VMs: single-active (the previous VM saved in place: its device
+state on disk, its RAM in its file, a QEMU waiting), the paged-out and managed-save
+tiers, the budget, kill -9 mid-swap and mid-save, corrupt saves, a dead QEMU process,
+snapshots.
 
 Two VMs are booted once for the module; the tests run in file order.
 """
@@ -34,6 +35,8 @@ A, B = "swap-a", "swap-b"
 # Which VMs ran at each 50 ms sample while the pair's project VM was created.
 PROJECT_CREATE_SAMPLES: list[set[str]] = []
 MEMORY_MIB = 768
+# A QEMU waiting for a saved VM's state (measured 57-58 MiB); its guest RAM is not in it.
+WAITING_RSS_MIB = 100
 
 
 def mark(service: VMService, name: str) -> None:
@@ -100,25 +103,41 @@ def test_single_active_a_b_a_keeps_one_running_and_state_intact(
     with sampling(lambda: running(service)) as samples:
         to_b = swap.activate(B)
         back = swap.activate(A)
-    # Each VM out of the foreground was paused and its RAM paged out to its file.
-    assert to_b.path == "paged-in" and back.path == "paged-in", (to_b, back)
+    # Each VM out of the foreground was saved in place and came back from that.
+    assert to_b.path == "restored" and back.path == "restored", (to_b, back)
     assert samples and all(len(s) <= 1 for s in samples), samples
     record_b = service.store.get_vm(B)
-    assert record_b.state is VMState.PAUSED
-    resident = service.lifecycle.ram_resident_mib(record_b)
-    assert resident is not None and resident <= MEMORY_MIB * EVICTED_SHARE, resident
-    assert memory_kept(service, A)
+    assert record_b.state is VMState.SAVED
+    assert service.paths(B).device_state.stat().st_size < 8 << 20  # devices, not RAM
     assert not service.hv.has_managed_save(service.domain_name(B))
+    # Its QEMU waits with the RAM file mapped but untouched.
+    assert qemu_rss_mib(service.hv, service.domain_name(B)) <= WAITING_RSS_MIB
+    assert memory_kept(service, A)
 
 
-def test_a_paged_out_vm_can_still_be_saved_and_restored(service: VMService,
-                                                        pair: tuple[str, str]) -> None:
-    swap = engine(service)
-    swap.demote(service.store.get_vm(B), Tier.SAVED)  # the tier under budget pressure
-    assert service.store.get_vm(B).state is VMState.SAVED
-    assert service.hv.has_managed_save(service.domain_name(B))
-    assert swap.activate(B).path == "restored"
-    assert memory_kept(service, B)
+def test_the_budget_tiers_page_out_and_managed_save_keep_memory(
+    service: VMService, pair: tuple[str, str]
+) -> None:
+    """With room in the budget the previous VM stays paused; under pressure it is paged
+    out, then saved. Both come back with their RAM."""
+    settings, swap = service.settings, engine(service)
+    old = (settings.policy, settings.memory_budget_mib)
+    settings.policy, settings.memory_budget_mib = SwapPolicy.BUDGET, 8192
+    try:
+        assert swap.activate(B).path == "restored"
+        record_a = service.store.get_vm(A)
+        assert service.lifecycle.current(record_a) is VMState.PAUSED  # room: it stays
+        swap.demote(record_a, Tier.EVICTED)
+        resident = service.lifecycle.ram_resident_mib(record_a)
+        assert resident is not None and resident <= MEMORY_MIB * EVICTED_SHARE, resident
+        assert swap.activate(A).path == "paged-in"
+        assert memory_kept(service, A)
+        service.lifecycle.save(service.store.get_vm(B), "test: managed", in_place=False)
+        assert service.hv.has_managed_save(service.domain_name(B))
+        assert swap.activate(B).path == "restored"
+        assert memory_kept(service, B)
+    finally:
+        settings.policy, settings.memory_budget_mib = old
     swap.activate(A)
 
 
@@ -127,7 +146,7 @@ def test_status_reports_foreground_tiers_and_budget(service: VMService,
     view = status_view(service)
     assert view.foreground == A and view.policy == "single-active"
     tiers = {v.name: v.tier for v in view.vms}
-    assert tiers == {A: "foreground", B: "paused"}
+    assert tiers == {A: "foreground", B: "saved"}
     resident = {v.name: v.resident_mib for v in view.vms}
     assert resident[B] < resident[A]  # B's RAM is in its file on disk
     assert 0 < view.budget_used_mib <= view.budget_limit_mib
@@ -200,17 +219,53 @@ def somnus_cli(vm_env: dict[str, str], *args: str) -> subprocess.CompletedProces
                           timeout=600)
 
 
-def test_corrupt_save_file_falls_back_to_cold_boot_with_data_intact(
-    service: VMService, pair: tuple[str, str]
+@pytest.mark.parametrize("phase", ["save_state_written", "save_qemu_gone"])
+def test_killed_mid_save_the_next_command_reconciles(
+    service: VMService, pair: tuple[str, str], vm_env: dict[str, str], phase: str
+) -> None:
+    """The settle worker killed while it saves the previous VM in place: the VM is paused
+    (its QEMU still there) or saved (its state on disk), and comes back with its RAM."""
+    swap = engine(service)
+    settings = service.settings
+    old = (settings.policy, settings.memory_budget_mib)
+    settings.policy, settings.memory_budget_mib = SwapPolicy.BUDGET, 8192
+    try:
+        swap.activate(B)  # room: A stays paused, for the worker to save
+    finally:
+        settings.policy, settings.memory_budget_mib = old
+    killed = subprocess.run([sys.executable, "-m", "orchestrator.settle"],
+                            env={**os.environ, **vm_env, FAULT_ENV: phase},
+                            capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert service.store.get_vm(A).state is VMState.SAVING
+    expected = VMState.PAUSED if phase == "save_state_written" else VMState.SAVED
+    notes = swap.recover()
+    assert f"{A}: an interrupted save -> {expected.value}" in notes
+    assert swap.activate(A).path == ("resumed" if expected is VMState.PAUSED else "restored")
+    assert memory_kept(service, A)
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "managed"])
+def test_corrupt_save_falls_back_to_cold_boot_with_data_intact(
+    service: VMService, pair: tuple[str, str], in_place: bool
 ) -> None:
     swap = engine(service)
     swap.activate(A)
-    swap.demote(service.store.get_vm(B), Tier.SAVED)
     domain_b = service.domain_name(B)
-    assert service.hv.has_managed_save(domain_b)
-    save_file = service.hv.managed_save_path(domain_b)
-    with open(save_file, "r+b") as handle:  # scribble over the migration stream
-        handle.seek(2 << 20)
+    if in_place:
+        assert service.lifecycle.current(service.store.get_vm(B)) is VMState.SAVED
+        save_file, at = service.paths(B).device_state, 0
+    else:
+        swap.activate(B)
+        swap.activate(A)
+        service.lifecycle.drop_waiting(service.store.get_vm(B))
+        # Back in RAM by hand and saved libvirt's way (the tier of VMs without a RAM file).
+        service.lifecycle.restore(service.store.get_vm(B), "test")
+        service.lifecycle.pause(service.store.get_vm(B), "test")
+        service.lifecycle.save(service.store.get_vm(B), "test", in_place=False)
+        save_file, at = service.hv.managed_save_path(domain_b), 2 << 20
+    with open(save_file, "r+b") as handle:  # scribble over the state
+        handle.seek(at)
         handle.write(os.urandom(1 << 20))
     warnings: list[str] = []
     result = swap.activate(B, progress=warnings.append)
