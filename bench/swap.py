@@ -86,8 +86,13 @@ def saved_figures(service: VMService, name: str) -> dict[str, float | None]:
     domain, paths = service.domain_name(name), service.paths(name)
     on_disk = paths.ram.stat().st_blocks * 512 / 2**20 if paths.ram.exists() else None
     state = paths.device_state.stat().st_size / 2**20 if paths.device_state.exists() else None
-    return {"waiting_qemu_rss_mib": qemu_rss_mib(service.hv, domain)
-            if service.hv.is_active(domain) else None,
+    pid = service.hv.qemu_pid(domain) if service.hv.is_active(domain) else None
+    # RSS counts QEMU's binary and libraries, which every QEMU shares; USS is what
+    # this one alone holds (freed when it exits), PSS its fair share of the rest.
+    full = psutil.Process(pid).memory_full_info() if pid is not None else None
+    return {"waiting_qemu_rss_mib": qemu_rss_mib(service.hv, domain) if pid else None,
+            "waiting_qemu_uss_mib": full.uss >> 20 if full else None,
+            "waiting_qemu_pss_mib": full.pss >> 20 if full else None,
             "device_state_mib": round(state, 2) if state is not None else None,
             "ram_file_on_disk_mib": round(on_disk, 1) if on_disk is not None else None}
 
