@@ -63,8 +63,10 @@ class Settings(BaseSettings):
     # TCG's translation cache per VM, MiB; 0 is QEMU's default, 1 GiB. bench.tbcache, 1 GiB
     # guest: idle QEMU RSS 1454 MiB at the default, 1071 at 256; in-guest embedding no slower.
     tb_cache_mib: int = Field(default=256, ge=0)
-    # Guest RAM in a file on disk (libvirt's memory_backing_dir): a VM out of the foreground
-    # is paused and its RAM paged out to that file, and comes back by resuming.
+    # Guest RAM in a file in the VM's folder (QEMU's memory-backend-file, shared): a VM out
+    # of the foreground is saved in place (device state only; Lifecycle.save) and a
+    # template is that state plus a sparse copy of the file. False: anonymous RAM and
+    # libvirt's managed saves, which copy the whole RAM.
     ram_file: bool = True
     # Start a new VM from a saved first boot of its shape (orchestrator.templates): seconds,
     # not a cold boot. The first VM of each shape boots cold and is captured.

@@ -17,18 +17,12 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.paths import RAM_FILE_NAME
 
 _MADV_PAGEOUT = 21
-_PUNCH_HOLE_KEEP_SIZE = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
-PAGE = 4096
-_ZERO_PAGE = bytes(PAGE)
-_CHUNK = 4 << 20
-MIB = 1 << 20
 _SYS_PROCESS_MADVISE = 440  # x86_64 and (by the generic table) aarch64
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -122,70 +116,6 @@ def page_out(pid: int, file_name: str = RAM_FILE_NAME) -> Eviction | None:
         os.close(pidfd)
     after = resident_mib(pid, file_name) or 0
     return Eviction(before, after, round(time.monotonic() - started, 3))
-
-
-def settle_file(path: Path) -> Compaction | None:
-    """Make a RAM file no process maps any more cheap to keep: every page of zeros is
-    punched out of it (they read back as zeros; a guest's zeroed memory often is a third
-    of it), and the rest is written to disk. Its clean pages stay in the page cache, which
-    the kernel drops when it needs the memory: a restore soon after finds them there
-    (measured 0.65 s to an answering agent against 1.7 s when dropped). None: no file."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    started = time.monotonic()
-    try:
-        before = os.fstat(fd).st_blocks * 512 // MIB
-        for start, length in _zero_runs(fd):
-            _punch(fd, start, length)
-        os.fsync(fd)
-        after = os.fstat(fd).st_blocks * 512 // MIB
-    finally:
-        os.close(fd)
-    return Compaction(before, after, round(time.monotonic() - started, 3))
-
-
-@dataclass(frozen=True)
-class Compaction:
-    """What ``settle_file`` did: MiB of the file on disk before and after, and how long."""
-
-    before_mib: int
-    after_mib: int
-    seconds: float
-
-
-def _zero_runs(fd: int) -> Iterator[tuple[int, int]]:
-    """(offset, length) of each run of all-zero pages in the file's allocated extents."""
-    size = os.fstat(fd).st_size
-    offset, run_start = 0, None
-    while offset < size:
-        try:
-            offset = os.lseek(fd, offset, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole is left
-            break
-        extent_end = os.lseek(fd, offset, os.SEEK_HOLE)
-        while offset < extent_end:
-            chunk = os.pread(fd, min(_CHUNK, extent_end - offset), offset)
-            for page in range(0, len(chunk), PAGE):
-                if chunk[page:page + PAGE] == _ZERO_PAGE:
-                    if run_start is None:
-                        run_start = offset + page
-                elif run_start is not None:
-                    yield run_start, offset + page - run_start
-                    run_start = None
-            offset += len(chunk)
-        if run_start is not None:
-            yield run_start, offset - run_start
-            run_start = None
-
-
-def _punch(fd: int, offset: int, length: int) -> None:
-    """``fallocate(PUNCH_HOLE | KEEP_SIZE)``: the range reads back as zeros, costs no disk."""
-    if _libc.fallocate(fd, _PUNCH_HOLE_KEEP_SIZE, ctypes.c_long(offset),
-                       ctypes.c_long(length)) != 0:
-        errno = ctypes.get_errno()
-        raise OSError(errno, f"fallocate(PUNCH_HOLE): {os.strerror(errno)}")
 
 
 def _pageout(pidfd: int, mapping: RamMapping) -> None:

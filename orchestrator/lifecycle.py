@@ -31,7 +31,7 @@ import psutil
 from core.config import Settings
 from core.errors import Conflict, HypervisorUnavailable, InsufficientResources, NotFound
 from core.types import Progress
-from orchestrator import eviction
+from orchestrator import eviction, ramfile
 from orchestrator.budget import MIB, BudgetView, Meter, QemuMeter, projected_mib
 from orchestrator.domain_xml import incoming_deferred
 from orchestrator.hypervisor import Hypervisor
@@ -39,6 +39,7 @@ from orchestrator.models import VMRecord, VMState
 from orchestrator.paths import VMPaths
 from orchestrator.seams import FaultHook, env_faults
 from orchestrator.store import Store
+from orchestrator.templates import Capture
 
 log = logging.getLogger(__name__)
 S = VMState
@@ -234,11 +235,22 @@ class Lifecycle:
     def boot_from_save(self, record: VMRecord, image: Path) -> None:
         """Start a new VM (still 'creating') from a save image whose header names its
         domain: a copy of a template's save (``orchestrator.templates``). Admitted first."""
+        self._admit_new(record)
+        self.hv.restore_from_file(image)
+
+    def boot_from_state(self, record: VMRecord, template: Capture) -> None:
+        """Start a new VM (still 'creating') from a template saved in place: a sparse copy
+        of its RAM file becomes the VM's, and its device state is loaded. Admitted first.
+        Raises HypervisorUnavailable or OSError (no room for the copy)."""
+        self._admit_new(record)
+        ramfile.copy_sparse(template.ram, self._paths(record).ram)
+        self._load_and_run(record, template.devices)
+
+    def _admit_new(self, record: VMRecord) -> None:
         if record.state is not S.CREATING:
             raise Conflict(f"VM '{record.name}' is not being created: it cannot start "
                            "from a template")
         self.admit(record)
-        self.hv.restore_from_file(image)
 
     def pause(self, record: VMRecord, reason: str) -> VMRecord:
         """Freeze the vCPUs; RAM stays, so resuming is instant."""
@@ -301,40 +313,53 @@ class Lifecycle:
 
     def _save_in_place(self, record: VMRecord, reason: str) -> VMRecord:
         """Device state to a file, QEMU gone, its RAM file compacted and written to disk
-        (``eviction.settle_file``), then a QEMU waiting for that state.
+        (``ramfile.settle_file``), then a QEMU waiting for that state.
 
         A device state that cannot be written leaves the VM as it was (paused).
         """
         paths = self._paths(record)
         self._require_save_space(record, paths.root, SAVE_MARGIN_MIB)
         self._move(record, S.SAVING, reason)
-        if self.hv.state(record.domain_name) is S.RUNNING:
-            self.hv.pause(record.domain_name)  # the RAM file must not change under the state
-        writing = paths.device_state.with_suffix(".partial")
         try:
-            self.hv.save_device_state(record.domain_name, writing)
-            with open(writing, "rb+") as state:
-                os.fsync(state.fileno())
-            writing.replace(paths.device_state)  # complete or absent, never half
-        except (HypervisorUnavailable, OSError) as exc:
-            writing.unlink(missing_ok=True)
+            self._write_device_state(record, paths.device_state)
+        except HypervisorUnavailable:
             self._move(record, self.hv.state(record.domain_name), "save failed")
-            if isinstance(exc, OSError):
-                raise HypervisorUnavailable(f"cannot save '{record.name}': {exc}") from exc
             raise
         self.faults("save_state_written")
-        self.hv.stop(record.domain_name, force=True)
+        self._stop_and_settle(record)
         self.faults("save_qemu_gone")
-        compacted = eviction.settle_file(paths.ram)
-        if compacted is not None:
-            log.info("saved '%s' in place: RAM file %d -> %d MiB on disk in %.2f s",
-                     record.name, compacted.before_mib, compacted.after_mib, compacted.seconds)
         try:
             self._wait_for_state(record)
         except HypervisorUnavailable as exc:
             # Still saved: its state is on disk, and the restore starts the QEMU itself.
             log.warning("'%s' is saved but no QEMU waits for it (%s)", record.name, exc)
         return self._move(record, S.SAVED, reason)
+
+    def _write_device_state(self, record: VMRecord, target: Path) -> None:
+        """Pause the VM (its RAM file must hold still) and write its device state to
+        ``target``: complete or absent, never half. The VM stays paused either way."""
+        if self.hv.state(record.domain_name) is S.RUNNING:
+            self.hv.pause(record.domain_name)
+        writing = target.with_suffix(".partial")
+        try:
+            self.hv.save_device_state(record.domain_name, writing)
+            with open(writing, "rb+") as state:
+                os.fsync(state.fileno())
+            writing.replace(target)
+        except (HypervisorUnavailable, OSError) as exc:
+            writing.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise HypervisorUnavailable(f"cannot save '{record.name}': {exc}") from exc
+            raise
+
+    def _stop_and_settle(self, record: VMRecord) -> None:
+        """The QEMU of a VM whose device state is written goes; its RAM file, now no one's
+        to change, is compacted and written to disk."""
+        self.hv.stop(record.domain_name, force=True)
+        compacted = ramfile.settle_file(self._paths(record).ram)
+        if compacted is not None:
+            log.info("'%s' off: RAM file %d -> %d MiB on disk in %.2f s", record.name,
+                     compacted.before_mib, compacted.after_mib, compacted.seconds)
 
     def _wait_for_state(self, record: VMRecord) -> None:
         """Start the VM's QEMU waiting for its device state: the RAM file is mapped, not
@@ -348,44 +373,65 @@ class Lifecycle:
         if self.hv.state(record.domain_name) is S.SAVED and self.hv.is_active(record.domain_name):
             self.hv.stop(record.domain_name, force=True)
 
-    def _restore_in_place(self, record: VMRecord) -> None:
-        """Load the device state into the waiting QEMU (started now if there is none) and
-        run it; the state file goes once loaded. Raises HypervisorUnavailable."""
-        paths = self._paths(record)
+    def _load_and_run(self, record: VMRecord, devices: Path) -> None:
+        """Load the device state ``devices`` into the VM's waiting QEMU (started now if
+        there is none) and run it. Raises HypervisorUnavailable."""
         if self.hv.state(record.domain_name) is not S.SAVED:
             self._wait_for_state(record)
-        self.hv.load_device_state(record.domain_name, paths.device_state)
-        paths.device_state.unlink()
+        self.hv.load_device_state(record.domain_name, devices)
         self.hv.resume(record.domain_name)
 
-    def capture(self, record: VMRecord, image: Path, while_off: Callable[[], None],
-                reason: str) -> str:
-        """Save a running VM to the save image ``image``, run ``while_off`` while its QEMU
-        is gone (its disk is quiet), then restore it from ``image``, which stays.
+    def _cold_boot_instead(self, record: VMRecord) -> None:
+        """A save that would not load: whatever QEMU is left goes, and so do the save and
+        the old RAM; the same disk boots cold (the VM is never lost)."""
+        self.hv.stop(record.domain_name, force=True)
+        if self.hv.has_managed_save(record.domain_name):
+            self.hv.remove_managed_save(record.domain_name)
+        self._fresh_ram(record)
+        self.hv.start(record.domain_name)
 
-        Returns 'restored' or 'cold-boot-after-bad-save' (the VM is never lost). A save
-        that fails leaves the VM as it was; the failure is raised.
+    def capture(self, record: VMRecord, into: Capture, while_off: Callable[[], None],
+                reason: str) -> str:
+        """Save a running VM into the template folder ``into``, run ``while_off`` while its
+        QEMU is gone (its disk is quiet), then bring it back from that save, which stays.
+
+        A VM whose RAM is a file leaves its device state and a sparse copy of its RAM
+        file; others a libvirt save image. Returns 'restored' or
+        'cold-boot-after-bad-save' (the VM is never lost). A save that fails leaves the
+        VM running; the failure is raised.
         """
-        self._require_save_space(record, image.parent)
+        in_place = self.ram_in_file(record)
+        self._require_save_space(record, into.folder)
         self._move(record, S.SAVING, reason)
         try:
-            self.hv.save_to_file(record.domain_name, image)
+            if in_place:
+                self._write_device_state(record, into.devices)
+            else:
+                self.hv.save_to_file(record.domain_name, into.state)
         except HypervisorUnavailable:
+            if self.hv.state(record.domain_name) is S.PAUSED:
+                self.hv.resume(record.domain_name)
             self._move(record, self.hv.state(record.domain_name), "save failed")
             raise
-        # Off, with no managed save: a command killed from here finds it stopped.
+        # Off, with no save of its own: a command killed from here finds it stopped.
         self._move(record, S.SAVED, reason)
         try:
+            if in_place:
+                self._stop_and_settle(record)
+                ramfile.copy_sparse(self._paths(record).ram, into.ram)
             while_off()
         finally:
             self._move(record, S.RESTORING, reason)
             try:
-                self.hv.restore_from_file(image)
+                if in_place:
+                    self._load_and_run(record, into.devices)
+                else:
+                    self.hv.restore_from_file(into.state)
                 path = "restored"
             except HypervisorUnavailable as exc:
-                log.warning("'%s' did not restore from %s (%s): cold boot", record.name,
-                            image, exc)
-                self.hv.start(record.domain_name)
+                log.warning("'%s' did not come back from its template save (%s): cold boot",
+                            record.name, exc)
+                self._cold_boot_instead(record)
                 path = "cold-boot-after-bad-save"
             self._move(record, S.RUNNING, f"{reason}: {path}")
         return path
@@ -415,8 +461,10 @@ class Lifecycle:
         self.admit(record)
         self._move(record, S.RESTORING, reason)
         try:
-            if self._paths(record).device_state.exists():
-                self._restore_in_place(record)
+            devices = self._paths(record).device_state
+            if devices.exists():
+                self._load_and_run(record, devices)
+                devices.unlink()  # loaded: it describes the past now
             else:
                 self.hv.start(record.domain_name)
             path = "restored"
@@ -424,11 +472,7 @@ class Lifecycle:
             log.warning("restore of '%s' failed (%s): cold boot", record.name, exc)
             if progress:
                 progress(f"warning: restore of '{record.name}' failed ({exc}); cold boot")
-            self.hv.stop(record.domain_name, force=True)
-            if self.hv.has_managed_save(record.domain_name):
-                self.hv.remove_managed_save(record.domain_name)
-            self._fresh_ram(record)
-            self.hv.start(record.domain_name)
+            self._cold_boot_instead(record)
             path = "cold-boot-after-bad-save"
         self._move(record, S.RUNNING, f"{reason}: {path}")
         return path

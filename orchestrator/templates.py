@@ -1,16 +1,22 @@
 """Pre-booted templates: a VM's first boot is done once per image and shape.
 
 The first VM of a shape (image, subsystem, the whole domain definition, QEMU) boots cold.
-Once it is ready it is *captured*: libvirt saves it to the template's folder, its disk
-becomes the template's frozen disk (the VM goes on in a thin overlay on it) and it is
-restored. Each later VM of that shape starts from a copy of that save whose header names
-it (:mod:`orchestrator.saveimage`), on an overlay of the frozen disk, and then takes its
-own identity (:mod:`orchestrator.identity`): seconds instead of a cold boot.
+Once it is ready it is *captured*: it is saved to the template's folder, its disk becomes
+the template's frozen disk (the VM goes on in a thin overlay on it) and it comes back.
+Each later VM of that shape starts from that save, on an overlay of the frozen disk, and
+then takes its own identity (:mod:`orchestrator.identity`): seconds instead of a cold boot.
 
-A template lives in ``<home>/templates/<shape>-<id>/``: ``state.save``, ``disk.qcow2``,
-``serial.log`` and ``template.json``, written last, so a folder without it is an unfinished capture.
-Dropping a template removes its save and its ``template.json``; its disk stays, because
-VMs made from it stand on it.
+The save has one of two forms, decided by the shape (whose domain says where RAM is):
+- RAM in a file (the default): QEMU's device state (``devices.state``, ~1 MiB) and a
+  sparse copy of the RAM file (``guest.ram``); a new VM gets a sparse copy of that file
+  as its own RAM and loads the device state (``Lifecycle.boot_from_state``).
+- anonymous RAM: libvirt's save image (``state.save``); a new VM restores a copy whose
+  header names it (:mod:`orchestrator.saveimage`).
+
+A template lives in ``<home>/templates/<shape>-<id>/``: its save, ``disk.qcow2``,
+``serial.log`` and ``template.json``, written last, so a folder without it is an unfinished
+capture. Dropping a template removes its save and its ``template.json``; its disk stays,
+because VMs made from it stand on it.
 """
 
 from __future__ import annotations
@@ -70,7 +76,28 @@ class Capture:
 
     @property
     def state(self) -> Path:
+        """libvirt's save image (a VM with anonymous RAM)."""
         return self.folder / "state.save"
+
+    @property
+    def devices(self) -> Path:
+        """QEMU's device state (a VM whose RAM is a file; the RAM is ``ram``)."""
+        return self.folder / "devices.state"
+
+    @property
+    def ram(self) -> Path:
+        return self.folder / "guest.ram"
+
+    @property
+    def in_place(self) -> bool:
+        """Saved as device state plus RAM file (not as a libvirt save image)?"""
+        return self.devices.exists()
+
+    @property
+    def saved(self) -> bool:
+        """Is there a whole save (either form) and the frozen disk?"""
+        whole = self.state.exists() or (self.devices.exists() and self.ram.exists())
+        return whole and self.disk.exists()
 
     @property
     def disk(self) -> Path:
@@ -90,7 +117,9 @@ class Template(Capture):
 
     @property
     def size_mib(self) -> int:
-        return self.state.stat().st_size // (1024 * 1024)
+        """What its save takes on disk."""
+        parts = (self.devices, self.ram) if self.in_place else (self.state,)
+        return sum(p.stat().st_blocks * 512 for p in parts if p.exists()) // (1024 * 1024)
 
 
 class Templates:
@@ -102,10 +131,9 @@ class Templates:
     def find(self, shape: str) -> Template | None:
         """The finished template of ``shape``, if there is one."""
         for manifest_path in sorted(self.root.glob(f"{shape}-*/{MANIFEST}")):
-            folder = manifest_path.parent
-            if (folder / "state.save").exists() and (folder / "disk.qcow2").exists():
+            if Capture(manifest_path.parent).saved:
                 manifest = TemplateManifest.model_validate_json(manifest_path.read_text())
-                return Template(folder, manifest)
+                return Template(manifest_path.parent, manifest)
         return None
 
     def list(self) -> list[Template]:
@@ -138,4 +166,5 @@ class Templates:
     def drop(self, template: Template) -> None:
         """Stop using ``template`` (its save failed to restore, say). The disk stays."""
         (template.folder / MANIFEST).unlink(missing_ok=True)
-        template.state.unlink(missing_ok=True)
+        for save in (template.state, template.devices, template.ram):
+            save.unlink(missing_ok=True)

@@ -324,9 +324,12 @@ class VMService:
                 console.write(f"\n[somnus] '{record.name}' started here from template "
                               f"{template.folder.name}: the lines above are the boot of "
                               f"'{template.manifest.vm_name}'\n".encode())
-            saveimage.write_for_domain(template.state, paths.boot_image,
-                                       self.hv.migratable_xml(record.domain_name))
-            self.lifecycle.boot_from_save(record, paths.boot_image)
+            if template.in_place:
+                self.lifecycle.boot_from_state(record, template)
+            else:
+                saveimage.write_for_domain(template.state, paths.boot_image,
+                                           self.hv.migratable_xml(record.domain_name))
+                self.lifecycle.boot_from_save(record, paths.boot_image)
             timings["restore from template"] = round(time.monotonic() - started, 2)
             before = AgentClient(record.agent_port, template.manifest.token, vm_name=record.name)
             take_identity(before, identity)
@@ -376,8 +379,7 @@ class VMService:
         with suppress(GuestError):
             self.agent(record).flush()
         try:
-            path = self.lifecycle.capture(record, capture.state, freeze_disk,
-                                          "saved as a template")
+            path = self.lifecycle.capture(record, capture, freeze_disk, "saved as a template")
         except (HypervisorUnavailable, InsufficientResources, OSError) as exc:
             log.warning("VM '%s' was not saved as a template: %s", record.name, exc)
             if progress:
@@ -444,7 +446,8 @@ class VMService:
         seed.write_seed_image(files, paths.seed)
         disks.create_overlay(backing, paths.overlay, self.settings.disk_size_gib)
         if self.settings.ram_file:
-            paths.ram.touch()  # QEMU sizes it; it runs as libvirt's user, so that owns it
+            # QEMU sizes it; it runs as libvirt's user, so that owns it. 0600: guest memory.
+            paths.ram.touch(mode=0o600)
             os.chown(paths.ram, *self.hv.qemu_owner())
         self.lifecycle.define(record, build_domain_xml(
             self._domain_spec(record, image, acceleration, paths)))

@@ -2,15 +2,18 @@
 
 libvirt's test driver runs no guest, so a stand-in answers for each VM's agent; the
 settle runner does nothing until a test calls ``settle()`` itself; the fault hook
-raises instead of killing the process.
+raises instead of killing the process. ``PagedRam`` plays a QEMU whose RAM is a file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
 
 from core.config import Settings
-from core.errors import GuestError
+from core.errors import GuestError, HypervisorUnavailable
 from guest_agent.protocol import (
     AgentStatus,
     ChatCompletionChunk,
@@ -28,10 +31,11 @@ from guest_agent.protocol import (
     MemorySearchResponse,
     Subsystem,
 )
+from orchestrator import eviction
 from orchestrator.budget import BudgetView
 from orchestrator.host import Host
 from orchestrator.hypervisor import Hypervisor
-from orchestrator.models import VMRecord
+from orchestrator.models import VMRecord, VMState
 
 _USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 _TIMINGS = {"prompt_n": 3, "prompt_ms": 1.0, "predicted_n": 2, "predicted_ms": 1.0,
@@ -233,3 +237,63 @@ __all__ = [
     "meter_of",
     "settler_of",
 ]
+
+
+class PagedRam:
+    """File-backed guest RAM as lifecycle sees it (the test driver has no QEMU process
+    and no monitor): resident MiB per QEMU pid, emptied by a page-out; a save in place
+    writes a stand-in device state and its QEMU 'waits' as a paused domain; a device
+    state reading ``corrupt`` does not load."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.resident: dict[int, int] = {}
+        self.order: list[str] = []
+        self.waiting: set[str] = set()
+        monkeypatch.setattr(Hypervisor, "qemu_pid",
+                            lambda _hv, name: 1000 + sum(map(ord, name)))
+        monkeypatch.setattr(eviction, "resident_mib", lambda pid: self.resident.get(pid, 400))
+        monkeypatch.setattr(eviction, "ram_mappings", lambda pid: [
+            eviction.RamMapping(0, 512 << 20, Path(f"/ram/{pid}/guest.ram"))])
+        monkeypatch.setattr(eviction, "page_out", self._page_out)
+        for verb, fake in (("save_device_state", self._save),
+                           ("start_waiting", self._start_waiting),
+                           ("load_device_state", self._load)):
+            monkeypatch.setattr(Hypervisor, verb, self._as_method(fake))
+        monkeypatch.setattr(Hypervisor, "_waiting", lambda _hv, dom: dom.name() in self.waiting)
+        stop = Hypervisor.stop
+
+        def stop_and_forget(hv: Hypervisor, name: str, *args: object, **kwargs: object) -> bool:
+            self.waiting.discard(name)
+            return stop(hv, name, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Hypervisor, "stop", stop_and_forget)
+
+    @staticmethod
+    def _as_method(fake: Callable[..., None]) -> Callable[..., None]:
+        """``fake(hv, ...)`` as a Hypervisor method (a bound method would not get ``hv``)."""
+        return lambda hv, *args, **kwargs: fake(hv, *args, **kwargs)
+
+    def _page_out(self, pid: int) -> eviction.Eviction:
+        self.order.append("page_out")
+        before, self.resident[pid] = self.resident.get(pid, 400), 0
+        return eviction.Eviction(before, 0, 0.01)
+
+    def _save(self, hv: Hypervisor, name: str, path: Path, timeout_s: float = 60) -> None:
+        assert hv.state(name) is VMState.PAUSED  # the RAM file must hold still
+        self.order.append("save_device_state")
+        path.write_bytes(b"devices")
+
+    def _start_waiting(self, hv: Hypervisor, name: str, domain_xml: str) -> None:
+        assert domain_xml.count("defer") == 1
+        self.order.append("start_waiting")
+        dom = hv.conn.lookupByName(name)
+        dom.create()
+        dom.suspend()
+        self.waiting.add(name)
+
+    def _load(self, hv: Hypervisor, name: str, path: Path, timeout_s: float = 60) -> None:
+        assert name in self.waiting
+        self.order.append("load_device_state")
+        self.waiting.discard(name)
+        if path.read_bytes() == b"corrupt":
+            raise HypervisorUnavailable(f"cannot restore '{name}': QEMU says load failed")

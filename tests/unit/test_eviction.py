@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import eviction
 from orchestrator.eviction import RAM_FILE_NAME, page_out, ram_mappings, resident_mib
 
 SIZE_MIB = 32
@@ -68,18 +67,3 @@ def test_a_gone_process_has_no_mappings() -> None:
     proc.wait()
     assert ram_mappings(proc.pid) == [] and page_out(proc.pid) is None
 
-
-def test_settling_a_ram_file_punches_out_its_zero_pages_and_keeps_its_contents(
-    tmp_path: Path,
-) -> None:
-    ram = tmp_path / "guest.ram"
-    page = eviction.PAGE
-    # Data, a run of zero pages, data, zeros up to the end: all of it allocated on disk.
-    contents = (os.urandom(page) + bytes(64 * page) + os.urandom(3 * page)
-                + bytes(1000 * page))
-    ram.write_bytes(contents)
-    done = eviction.settle_file(ram)
-    assert done is not None
-    assert ram.read_bytes() == contents  # zeros read back as zeros
-    assert ram.stat().st_blocks * 512 == 4 * page  # only the four data pages stay on disk
-    assert eviction.settle_file(tmp_path / "absent") is None

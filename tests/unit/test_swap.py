@@ -4,7 +4,6 @@ driver runs no guest; tests/vm/test_swap.py drives the real thing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,14 @@ from core.errors import (
 )
 from guest_agent.protocol import Subsystem
 from images.catalog import ImageManifest
-from orchestrator import eviction
 from orchestrator.host import Host
-from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import SwapOutcome, SwapPhase, VMState
 from orchestrator.swap import Tier
 from orchestrator.views import status_view
 from orchestrator.vms import VMService
 from tests.fakes import (
     FaultInjected,
+    PagedRam,
     RaiseAt,
     StandInAgents,
     fake_host,
@@ -133,66 +131,6 @@ def test_budget_saves_least_recently_used_to_make_room(host: Host, agents: Stand
         "research": VMState.PAUSED,
         "artifacts": VMState.RUNNING,
     }
-
-
-class PagedRam:
-    """File-backed guest RAM as lifecycle sees it (the test driver has no QEMU process
-    and no monitor): resident MiB per QEMU pid, emptied by a page-out; a save in place
-    writes a stand-in device state and its QEMU 'waits' as a paused domain; a device
-    state reading ``corrupt`` does not load."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.resident: dict[int, int] = {}
-        self.order: list[str] = []
-        self.waiting: set[str] = set()
-        monkeypatch.setattr(Hypervisor, "qemu_pid",
-                            lambda _hv, name: 1000 + sum(map(ord, name)))
-        monkeypatch.setattr(eviction, "resident_mib", lambda pid: self.resident.get(pid, 400))
-        monkeypatch.setattr(eviction, "ram_mappings", lambda pid: [
-            eviction.RamMapping(0, 512 << 20, Path(f"/ram/{pid}/guest.ram"))])
-        monkeypatch.setattr(eviction, "page_out", self._page_out)
-        for verb, fake in (("save_device_state", self._save),
-                           ("start_waiting", self._start_waiting),
-                           ("load_device_state", self._load)):
-            monkeypatch.setattr(Hypervisor, verb, self._as_method(fake))
-        monkeypatch.setattr(Hypervisor, "_waiting", lambda _hv, dom: dom.name() in self.waiting)
-        stop = Hypervisor.stop
-
-        def stop_and_forget(hv: Hypervisor, name: str, *args: object, **kwargs: object) -> bool:
-            self.waiting.discard(name)
-            return stop(hv, name, *args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(Hypervisor, "stop", stop_and_forget)
-
-    @staticmethod
-    def _as_method(fake: Callable[..., None]) -> Callable[..., None]:
-        """``fake(hv, ...)`` as a Hypervisor method (a bound method would not get ``hv``)."""
-        return lambda hv, *args, **kwargs: fake(hv, *args, **kwargs)
-
-    def _page_out(self, pid: int) -> eviction.Eviction:
-        self.order.append("page_out")
-        before, self.resident[pid] = self.resident.get(pid, 400), 0
-        return eviction.Eviction(before, 0, 0.01)
-
-    def _save(self, hv: Hypervisor, name: str, path: Path, timeout_s: float = 60) -> None:
-        assert hv.state(name) is VMState.PAUSED  # the RAM file must hold still
-        self.order.append("save_device_state")
-        path.write_bytes(b"devices")
-
-    def _start_waiting(self, hv: Hypervisor, name: str, domain_xml: str) -> None:
-        assert domain_xml.count("defer") == 1
-        self.order.append("start_waiting")
-        dom = hv.conn.lookupByName(name)
-        dom.create()
-        dom.suspend()
-        self.waiting.add(name)
-
-    def _load(self, hv: Hypervisor, name: str, path: Path, timeout_s: float = 60) -> None:
-        assert name in self.waiting
-        self.order.append("load_device_state")
-        self.waiting.discard(name)
-        if path.read_bytes() == b"corrupt":
-            raise HypervisorUnavailable(f"cannot restore '{name}': QEMU says load failed")
 
 
 def device_state(host: Host, name: str) -> Path:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from guest_agent.protocol import Subsystem
 from images.catalog import ImageManifest
+from orchestrator import vms as vms_module
+from orchestrator.host import Host
 from orchestrator.models import VMState
 from orchestrator.templates import MANIFEST, Templates, shape_key
 from orchestrator.vms import VMService
+from tests.fakes import PagedRam, StandInAgents
 
 
 def backing_of(overlay: Path) -> str:
@@ -74,3 +80,40 @@ def test_cold_creates_skip_templates(service: VMService, image: ImageManifest) -
     assert backing_of(service.paths("chat").overlay) == str(image.disk)
     assert record.state is VMState.RUNNING and service.templates.list() == []
 
+
+
+def test_a_vm_with_ram_in_a_file_is_captured_in_place_and_copied_into_new_vms(
+    host: Host, image: ImageManifest, agents: StandInAgents, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The template of such a VM is its device state and a sparse copy of its RAM file;
+    a new VM of the shape gets its own copy of that RAM and loads the device state."""
+    ram = PagedRam(monkeypatch)
+    taken: list[str] = []
+    monkeypatch.setattr(vms_module, "take_identity",
+                        lambda _agent, identity: taken.append(identity.vm_name))
+    service = host.vms
+    record, _ = service.create("first", Subsystem.CHAT, memory_mib=512, wait=False)
+    memory = b"the first boot's memory".ljust(4096, b".") + bytes(64 * 4096)
+    service.paths("first").ram.write_bytes(memory)
+    shape, facts = service.shape(Subsystem.CHAT, 512, service.settings.default_vcpus, image)
+    capture = service.templates.begin(shape)
+
+    def freeze() -> None:  # what VMService._capture does while the QEMU is gone
+        os.link(service.paths("first").overlay, capture.disk)
+        service.templates.finish(capture, shape, facts, "first", "t" * 64, "ssh-ed25519 A")
+
+    assert host.lifecycle.capture(record, capture, freeze, "test") == "restored"
+    assert ram.order == ["save_device_state", "start_waiting", "load_device_state"]
+    assert service.store.get_vm("first").state is VMState.RUNNING
+    assert capture.devices.read_bytes() == b"devices" and not capture.state.exists()
+    assert capture.ram.read_bytes() == memory
+    assert capture.ram.stat().st_blocks * 512 == 4096  # its zero pages take no disk
+    assert capture.ram.stat().st_mode & 0o777 == 0o600  # guest memory
+    template = service.templates.find(shape)
+    assert template is not None and template.in_place
+
+    clone, _ = service.create("clone", Subsystem.CHAT, memory_mib=512, wait=False)
+    assert taken == ["clone"] and ram.order[-2:] == ["start_waiting", "load_device_state"]
+    assert service.paths("clone").ram.read_bytes() == memory  # its own copy
+    # It did not fall back to a cold boot (which drops the template).
+    assert clone.state is VMState.RUNNING and service.templates.find(shape) is not None

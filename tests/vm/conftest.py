@@ -37,9 +37,7 @@ def vm_env() -> Iterator[dict[str, str]]:
         "SOMNUS_DOMAIN_PREFIX": f"somnus-t{os.getpid()}-",
         "SOMNUS_PORT_RANGE_START": "44000",
         "SOMNUS_PORT_RANGE_END": "44999",
-        # Guest RAM in a file costs a cold boot here 10-18 s more (first-touch faults);
-        # test_swap.py turns it on for its pair, where paging out is what it tests.
-        "SOMNUS_RAM_FILE": "false",
+        # Guest RAM stays a file (the default): what users run is what is tested.
     }
     yield env
     shutil.rmtree(home, ignore_errors=True)

@@ -51,15 +51,14 @@ def pair(host: Host, image: ImageManifest) -> Iterator[tuple[str, str]]:
     """Two VMs, each with a marker file and a long-lived process. B is an (empty) project
     made while A runs, so it ends in the foreground: single-active moved A out."""
     service, projects = host.vms, host.projects()
-    service.settings.ram_file = True  # the default: RAM in a file, so it can be paged out
-    service.settings.templates = False  # a capture here would save 2 GiB of file RAM
+    # Both boot cold: a template of their shape is test_templates.py's subject.
+    service.settings.templates = False
     try:
         print(A, service.create(A, Subsystem.CHAT, memory_mib=MEMORY_MIB)[1])
         mark(service, A)
         with sampling(lambda: running_vms(service)) as samples:
             projects.create(B, memory_mib=MEMORY_MIB)
     finally:
-        service.settings.ram_file = False
         service.settings.templates = True
     PROJECT_CREATE_SAMPLES.extend(samples)
     mark(service, B)
