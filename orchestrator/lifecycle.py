@@ -225,8 +225,8 @@ class Lifecycle:
         return self._move(record, S.RUNNING, reason)
 
     def _fresh_ram(self, record: VMRecord) -> None:
-        """A cold boot starts from empty RAM: the old contents (and their blocks on disk)
-        go, with any device state saved with them."""
+        """A cold boot starts from empty RAM, and a stopped VM has none: the old contents
+        (and their blocks on disk) go, with any device state saved with them."""
         paths = self._paths(record)
         paths.device_state.unlink(missing_ok=True)
         if paths.ram.exists():
@@ -495,7 +495,7 @@ class Lifecycle:
         clean = self.hv.stop(record.domain_name, timeout_s=timeout_s, force=force)
         if self.hv.has_managed_save(record.domain_name):
             self.hv.remove_managed_save(record.domain_name)
-        self._paths(record).device_state.unlink(missing_ok=True)
+        self._fresh_ram(record)  # its RAM file would keep ~0.4 GiB of disk for nothing
         self._move(record, S.STOPPED, reason if clean else f"{reason} (powered off)")
         return clean
 
@@ -512,7 +512,7 @@ class Lifecycle:
             self.hv.stop(record.domain_name, force=True)  # the QEMU waiting for the state
         if self.hv.has_managed_save(record.domain_name):
             self.hv.remove_managed_save(record.domain_name)
-        self._paths(record).device_state.unlink(missing_ok=True)
+        self._fresh_ram(record)
         return self._move(record, S.STOPPED, reason)
 
     def revert(self, record: VMRecord, snapshot: str, running: bool) -> VMState:

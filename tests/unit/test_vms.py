@@ -93,8 +93,11 @@ def test_missing_image_is_not_found(service: VMService) -> None:
 def test_stop_start_and_state_history(service: VMService) -> None:
     service.create("chat", Subsystem.CHAT, wait=False)
     service.store.set_state("chat", VMState.RUNNING, reason="test: ready")
+    ram = service.paths("chat").ram
+    ram.write_bytes(b"guest memory" * 1000)
     service.stop("chat")
     assert service.store.get_vm("chat").state is VMState.STOPPED
+    assert ram.exists() and ram.stat().st_size == 0  # no disk kept for RAM it no longer has
     service.start("chat", wait=False)
     with pytest.raises(Conflict, match="already up"):
         service.start("chat", wait=False)
