@@ -157,7 +157,7 @@ def test_creating_a_vm_moves_the_running_one_out(booted_vm: str, host: Host) -> 
         assert {booted_vm, "second"} <= set().union(*samples)
         assert host.store.foreground() == "second"
         assert "restore from template" in timings, timings
-        # Settled in-process; this session's VMs keep RAM anonymous, so: saved.
+        # Settled in-process: saved in place (its device state on disk, a QEMU waiting).
         assert service.store.get_vm(booted_vm).state is VMState.SAVED
     finally:
         service.delete("second")
