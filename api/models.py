@@ -36,6 +36,7 @@ from guest_agent.protocol import (
     MemorySearchRequest,
     Subsystem,
 )
+from images.recipe import Flavour
 from orchestrator.devsessions import (
     CodeBlock,
     DevSession,
@@ -186,6 +187,7 @@ class RevertResult(BaseModel):
 
 class ImageBuild(Strict):
     force: StrictBool = Field(default=False, description="rebuild even if cached")
+    flavour: Flavour = Field(default=Flavour.BASE, description="base, or artifacts (compilers)")
 
 
 class ChatRequest(Strict):

@@ -13,6 +13,7 @@ from contextlib import suppress
 
 import typer
 
+from cli.artifact import artifact_app
 from cli.chat import chat, memory_app, prompt_app
 from cli.common import err
 from cli.demo import demo
@@ -36,6 +37,7 @@ app.add_typer(vm_app, name="vm")
 app.add_typer(template_app, name="template")
 app.add_typer(session_app, name="session")
 app.add_typer(project_app, name="project")
+app.add_typer(artifact_app, name="artifact")
 app.command()(demo)
 app.command()(activate)
 app.command()(status)

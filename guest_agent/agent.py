@@ -12,6 +12,7 @@ from guest_agent.memory.manager import MemoryManager
 from guest_agent.prompts.bridge import PromptBridge
 from guest_agent.protocol import AgentConfig, AgentStatus, ModelState
 from guest_agent.runtime import ModelRuntime
+from guest_agent.sandbox.runner import Sandbox, SandboxUnavailable, open_sandbox
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,24 @@ class Agent:
         self.gate = RequestGate(config.max_queue)
         self.boot_error: str | None = None
         self._booted = threading.Event()
+        self._sandbox: Sandbox | SandboxUnavailable | None = None
+        self._sandbox_lock = threading.Lock()
+        self._data_dir = data_dir
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The VM's run sandbox, set up on first use; raises ``SandboxUnavailable``."""
+        with self._sandbox_lock:
+            if self._sandbox is None:
+                try:
+                    self._sandbox = open_sandbox(self._data_dir)
+                except SandboxUnavailable as exc:
+                    self._sandbox = exc
+                except OSError as exc:
+                    self._sandbox = SandboxUnavailable(f"the sandbox could not be set up: {exc}")
+        if isinstance(self._sandbox, SandboxUnavailable):
+            raise self._sandbox
+        return self._sandbox
 
     def boot(self) -> None:
         """Load the model, then attach memory to it (index loaded or rebuilt)."""

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from guest_agent import __version__
@@ -69,7 +69,9 @@ from guest_agent.protocol import (
     RoleList,
 )
 from guest_agent.protocol.models_dir import list_models
+from guest_agent.protocol.runs import RunRequest
 from guest_agent.runtime import InputTooLong, ModelNotReady, ModelRuntime
+from guest_agent.sandbox.runner import SandboxBusy, SandboxError, SandboxUnavailable
 
 # Below this the guest clock is left alone (the request itself takes milliseconds).
 CLOCK_TOLERANCE_S = 0.5
@@ -77,6 +79,9 @@ REPORTED_PACKAGES = ("llama_cpp_python", "faiss-cpu", "fastapi", "numpy", "pydan
 # Exceptions the app turns into HTTP errors (checked in order: subclasses first).
 ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (QueueFull, 503),
+    (SandboxBusy, 503),
+    (SandboxUnavailable, 409),
+    (SandboxError, 400),
     (ModelNotReady, 503),
     (MemoryNotReady, 503),
     (ContextOverflow, 400),
@@ -417,6 +422,26 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
     def memory_delete(memory_id: str) -> MemoryDeleteResponse:
         agent.memory.delete(memory_id)
         return MemoryDeleteResponse(memory_id=memory_id, deleted=True)
+
+    # -- sandboxed runs (the artifacts VM) ----------------------------------------
+
+    @app.post("/runs", response_model=None)
+    def run(request: RunRequest) -> StreamingResponse:
+        """Run a program in a fresh sandbox; its events stream as SSE, ending in a result."""
+        events = agent.sandbox.start(request)  # refusals raise here, before the stream
+        return StreamingResponse(
+            (_sse(event) for event in events),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/runs/{run_id}/files/{path:path}")
+    def run_file(run_id: str, path: str) -> FileResponse:
+        """A file a run produced in its working folder."""
+        try:
+            return FileResponse(agent.sandbox.produced_file(run_id, path))
+        except FileNotFoundError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from exc
 
     # -- prompts --------------------------------------------------------------
 

@@ -43,14 +43,17 @@ DISK_NAME = "disk.qcow2"
 
 
 def build_image(
-    settings: Settings, progress: Progress | None = None, force: bool = False
+    settings: Settings,
+    progress: Progress | None = None,
+    force: bool = False,
+    flavour: recipe.Flavour = recipe.Flavour.BASE,
 ) -> ImageManifest:
-    """The image of the current recipe, built only if missing (or if ``force``).
+    """The ``flavour`` image of the current recipe, built only if missing (or if ``force``).
 
     ``force`` rebuilds the base and the disk; it replaces an image of the same
     recipe in place, so no VM may be using that image at the time.
     """
-    if not force and (cached := _cached_image(settings)) is not None:
+    if not force and (cached := _cached_image(settings, flavour)) is not None:
         return cached
     if os.geteuid() != 0:
         raise ImageBuildError("building the guest image needs root (mmdebstrap root mode, chroot)")
@@ -61,41 +64,44 @@ def build_image(
     with exclusive_lock(settings.images_dir / ".build.lock"):
         llama = wheels.ensure_llama_wheel(settings, log=log)
         llama_sha = wheels.file_sha256(llama)
-        base = recipe.base_hash(llama_sha)
-        full = recipe.recipe_hash(llama_sha)
+        base = recipe.base_hash(llama_sha, flavour=flavour)
+        full = recipe.recipe_hash(llama_sha, flavour=flavour)
         if not force and (hit := find_image(settings, full)) is not None:
             return hit  # another process built it while we waited for the lock
         check_free_space(settings.cache, NEED_FREE_BYTES)
-        log.note(f"image {full[:16]} (base {base[:16]}); log {log.path}")
+        log.note(f"{flavour} image {full[:16]} (base {base[:16]}); log {log.path}")
         wheelhouse = wheels.ensure_guest_wheelhouse(settings, log=log)
-        tarball = _ensure_base(settings, base, wheelhouse, log, force)
-        manifest = _build_disk(settings, tarball, base, full, log)
+        tarball = _ensure_base(settings, flavour, base, wheelhouse, log, force)
+        manifest = _build_disk(settings, flavour, tarball, base, full, log)
     log.note(f"done: {manifest.path}")
     return manifest
 
 
-def _cached_image(settings: Settings) -> ImageManifest | None:
+def _cached_image(settings: Settings, flavour: recipe.Flavour) -> ImageManifest | None:
     llama = wheels.find_llama_wheel(settings)
     if llama is None:
         return None
-    return find_image(settings, recipe.recipe_hash(wheels.file_sha256(llama)))
+    return find_image(settings, recipe.recipe_hash(wheels.file_sha256(llama), flavour=flavour))
 
 
-def base_tarball(settings: Settings, base_hash: str) -> Path:
-    """Where the base root filesystem of ``base_hash`` is cached."""
-    return settings.images_dir / f"base-{base_hash}.tar"
+def base_tarball(settings: Settings, base_hash: str,
+                 flavour: recipe.Flavour = recipe.Flavour.BASE) -> Path:
+    """Where the root filesystem of ``base_hash`` is cached (``base-<hash>.tar`` for base)."""
+    return settings.images_dir / f"{flavour}-{base_hash}.tar"
 
 
 def _ensure_base(
-    settings: Settings, base: str, wheelhouse: Path, log: BuildLog, force: bool
+    settings: Settings, flavour: recipe.Flavour, base: str, wheelhouse: Path, log: BuildLog,
+    force: bool,
 ) -> Path:
-    tarball = base_tarball(settings, base)
+    tarball = base_tarball(settings, base, flavour)
+    packages = recipe.flavour_packages(flavour)
     if tarball.is_file() and not force:
         log.note(f"base: cached {tarball.name}")
         return tarball
     started = log.elapsed
     log.note(f"base: mmdebstrap {recipe.DEBIAN_SUITE} {recipe.DEBIAN_VARIANT} "
-             f"+ {len(recipe.PACKAGES)} packages (~5 min)")  # fmt: skip
+             f"+ {len(packages)} packages (~5 min)")  # fmt: skip
     debs = settings.cache / "debs"  # .deb cache: a base rebuild downloads only what changed
     debs.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".base-", dir=settings.images_dir))
@@ -111,7 +117,7 @@ def _ensure_base(
     cmd: list[str | Path] = [
         "mmdebstrap", "--mode=root", "--format=tar", "--verbose",
         f"--variant={recipe.DEBIAN_VARIANT}",
-        f"--include={','.join(recipe.PACKAGES)}",
+        f"--include={','.join(packages)}",
         # Keep the Essential set's .debs in the cache too (see mmdebstrap(1) EXAMPLES).
         "--skip=essential/unlink",
         '--setup-hook=mkdir -p "$1"/var/cache/apt/archives/',
@@ -129,7 +135,7 @@ def _ensure_base(
     finally:
         remove_tree(staging, log)
     # Older bases are only good for a rebuild of an older checkout: reclaim the space.
-    for old in settings.images_dir.glob("base-*.tar"):
+    for old in settings.images_dir.glob(f"{flavour}-*.tar"):
         if old != tarball:
             old.unlink(missing_ok=True)
     size_mb = tarball.stat().st_size / 1e6
@@ -138,7 +144,8 @@ def _ensure_base(
 
 
 def _build_disk(
-    settings: Settings, tarball: Path, base: str, full: str, log: BuildLog
+    settings: Settings, flavour: recipe.Flavour, tarball: Path, base: str, full: str,
+    log: BuildLog,
 ) -> ImageManifest:
     started = log.elapsed
     log.note("disk: unpacking base, adding the agent, mkfs.ext4, qemu-img convert")
@@ -154,13 +161,14 @@ def _build_disk(
         _write_package_lists(root, out, log)
         raw = staging / "root.ext4"
         log.run("disk", ["mkfs.ext4", "-q", "-F", "-L", recipe.ROOT_LABEL, "-d", root,
-                         raw, str(recipe.DISK_SIZE_BYTES // 1024) + "k"])  # fmt: skip
+                         raw, str(recipe.FLAVOUR_DISK_BYTES[flavour] // 1024) + "k"])  # fmt: skip
         disk = out / DISK_NAME
         log.run("disk", ["qemu-img", "convert", "-q", "-O", "qcow2", raw, disk])
         raw.unlink()
         final = image_dir(settings, full)
         manifest = ImageManifest(
             name=recipe.IMAGE_NAME,
+            flavour=flavour,
             recipe_hash=full,
             base_hash=base,
             created_at=datetime.now(UTC),
@@ -170,9 +178,9 @@ def _build_disk(
             initrd=final / initrd.name,
             kernel_cmdline=recipe.KERNEL_CMDLINE,
             disk_bytes=disk.stat().st_size,
-            virtual_size_bytes=recipe.DISK_SIZE_BYTES,
+            virtual_size_bytes=recipe.FLAVOUR_DISK_BYTES[flavour],
             debian_suite=recipe.DEBIAN_SUITE,
-            packages=list(recipe.PACKAGES),
+            packages=list(recipe.flavour_packages(flavour)),
             guest_requirements=[*recipe.GUEST_REQUIREMENTS, recipe.MODEL_REQUIREMENT],
             build_seconds=round(log.elapsed, 1),
         )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ValidationError
 
 from core.config import Settings
 from core.errors import InvalidInput, NotFound
+from images.recipe import Flavour
 
 MANIFEST_NAME = "manifest.json"
 DIR_HASH_CHARS = 16
@@ -20,6 +21,8 @@ class ImageManifest(BaseModel):
     """What the orchestrator needs to boot an image (written by the builder)."""
 
     name: str
+    # Images built before flavours existed are base images.
+    flavour: Flavour = Flavour.BASE
     recipe_hash: str
     base_hash: str
     created_at: datetime
@@ -92,25 +95,29 @@ def find_image(settings: Settings, recipe_hash: str) -> ImageManifest | None:
     return manifest if manifest and manifest.recipe_hash == recipe_hash else None
 
 
-def current_recipe_hash(settings: Settings) -> str | None:
+def current_recipe_hash(settings: Settings, flavour: Flavour = Flavour.BASE) -> str | None:
     """Recipe hash of this checkout, or None while the llama wheel is not built yet."""
     from images import recipe, wheels  # wheels imports plumbing; keep catalog light
 
     llama = wheels.find_llama_wheel(settings)
-    return recipe.recipe_hash(wheels.file_sha256(llama)) if llama else None
+    return recipe.recipe_hash(wheels.file_sha256(llama), flavour=flavour) if llama else None
 
 
-def get_image(settings: Settings, ref: str | None = None) -> ImageManifest:
-    """An image by recipe-hash prefix; without ``ref`` the current recipe's, else the newest."""
+def get_image(
+    settings: Settings, ref: str | None = None, flavour: Flavour = Flavour.BASE
+) -> ImageManifest:
+    """An image by recipe-hash prefix; without ``ref`` the current recipe's ``flavour``
+    image, else the newest of that flavour."""
     images = list_images(settings)
     if ref is None:
-        current = current_recipe_hash(settings)
+        current = current_recipe_hash(settings, flavour)
         for manifest in images:
             if manifest.recipe_hash == current:
                 return manifest
-        if images:
-            return images[0]
-        raise NotFound("no guest image built yet: run 'somnus image build'")
+        if same_flavour := [m for m in images if m.flavour == flavour]:
+            return same_flavour[0]
+        build = "somnus image build" + ("" if flavour is Flavour.BASE else f" --flavour {flavour}")
+        raise NotFound(f"no {flavour} guest image built yet: run '{build}'")
     ref = ref.strip().lower()
     matches = [m for m in images if ref and m.recipe_hash.startswith(ref)]
     if not matches:

@@ -1,8 +1,11 @@
-"""What goes into the Somnus guest image, and the hashes that name it.
+"""What goes into the Somnus guest images, and the hashes that name them.
 
-Two hashes, so that editing the guest agent only redoes the cheap last stage:
+One recipe, several *flavours*: ``base`` (every VM) and ``artifacts`` (the base
+packages plus compilers and the sandbox tool, for the artifacts VM only, so other
+VMs do not carry compilers). Per flavour, two hashes, so that editing the guest
+agent only redoes the cheap last stage:
 
-* ``base_hash``: Debian suite and packages, guest wheels (pins and the llama
+* ``base_hash``: Debian suite and the flavour's packages, guest wheels (pins and the llama
   wheel's own sha256), ``images/files/`` -> the cached mmdebstrap tarball;
 * ``recipe_hash``: the base hash plus the ``guest_agent`` sources and the disk
   layout -> the bootable image folder.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+from enum import StrEnum
 from pathlib import Path
 
 IMAGE_NAME = "debian-12-somnus"
@@ -44,6 +48,40 @@ PACKAGES: tuple[str, ...] = (
     "python3",
     "python3-venv",
 )
+
+
+
+class Flavour(StrEnum):
+    """An image variant: the base packages plus the flavour's own."""
+
+    BASE = "base"
+    ARTIFACTS = "artifacts"
+
+
+# What a flavour adds to PACKAGES (Debian 12's toolchains: no registry is reachable
+# from a guest, so everything a sandboxed run needs is in the image).
+FLAVOUR_PACKAGES: dict[Flavour, tuple[str, ...]] = {
+    Flavour.BASE: (),
+    Flavour.ARTIFACTS: (
+        "bubblewrap",  # the per-run sandbox (guest_agent.sandbox)
+        "gcc", "g++", "libc6-dev", "make",
+        "nodejs",
+        "rustc",
+        "golang-go",
+        "python3-pytest",  # `somnus project test` on Python repositories
+    ),
+}  # fmt: skip
+# Sparse; cloud-init's resizefs grows the filesystem to the VM's overlay size.
+FLAVOUR_DISK_BYTES: dict[Flavour, int] = {
+    Flavour.BASE: 3 * 1024**3,
+    Flavour.ARTIFACTS: 6 * 1024**3,
+}
+
+
+def flavour_packages(flavour: Flavour) -> tuple[str, ...]:
+    """Every package a flavour's image installs on top of minbase."""
+    return (*PACKAGES, *FLAVOUR_PACKAGES[flavour])
+
 
 # What the guest venv (/opt/somnus/venv) installs: exact pins, all wheels.
 GUEST_REQUIREMENTS: tuple[str, ...] = (
@@ -91,8 +129,6 @@ GUEST_PLATFORMS: tuple[str, ...] = (
 )
 
 ROOT_LABEL = "somnus-root"
-# Sparse; cloud-init's resizefs grows the filesystem to the VM's overlay size.
-DISK_SIZE_BYTES = 3 * 1024**3
 # No bootloader: the host passes kernel, initrd and this line (direct kernel boot).
 # quiet: every kernel line on the emulated UART costs boot time under TCG; warnings still show.
 KERNEL_CMDLINE = f"root=LABEL={ROOT_LABEL} rw console=ttyS0 quiet"
@@ -151,14 +187,17 @@ def requirements_digest(llama_sha256: str) -> str:
     )
 
 
-def base_hash(llama_sha256: str, files_dir: Path = FILES_DIR) -> str:
+def base_hash(
+    llama_sha256: str, files_dir: Path = FILES_DIR, flavour: Flavour = Flavour.BASE
+) -> str:
     """Hash of the root filesystem stage (packages, wheels, ``images/files``)."""
     return _hash_json(
         {
             "builder_revision": BUILDER_REVISION,
             "suite": DEBIAN_SUITE,
             "variant": DEBIAN_VARIANT,
-            "packages": PACKAGES,
+            # The base flavour's hash is what it was before flavours existed.
+            "packages": flavour_packages(flavour),
             "wheels": requirements_digest(llama_sha256),
             "files": tree_digest(files_dir),
             "root_label": ROOT_LABEL,
@@ -168,16 +207,19 @@ def base_hash(llama_sha256: str, files_dir: Path = FILES_DIR) -> str:
 
 
 def recipe_hash(
-    llama_sha256: str, files_dir: Path = FILES_DIR, agent_dir: Path | None = None
+    llama_sha256: str,
+    files_dir: Path = FILES_DIR,
+    agent_dir: Path | None = None,
+    flavour: Flavour = Flavour.BASE,
 ) -> str:
     """Hash of the whole image: base plus agent sources and disk layout."""
     agent_dir = agent_dir or agent_source_dir()
     return _hash_json(
         {
-            "base": base_hash(llama_sha256, files_dir),
+            "base": base_hash(llama_sha256, files_dir, flavour),
             "agent": tree_digest(agent_dir, agent_files(agent_dir)),
             "agent_root": GUEST_AGENT_ROOT,
-            "disk_size": DISK_SIZE_BYTES,
+            "disk_size": FLAVOUR_DISK_BYTES[flavour],
             "kernel_cmdline": KERNEL_CMDLINE,
         }
     )

@@ -35,11 +35,14 @@ from guest_agent.protocol import (
     MemoryType,
     PromptInspection,
 )
+from guest_agent.protocol.runs import RunEvent, RunRequest
 
 T = TypeVar("T", bound=BaseModel)
 
 # A 135M model under TCG answers in seconds, a big GGUF in minutes.
 CHAT_TIMEOUT_S = 600.0
+# Between two events of a run: a silent program is stopped by its own limits first.
+RUN_TIMEOUT_S = 3600.0
 JSON = "application/json"
 
 
@@ -198,28 +201,43 @@ class AgentClient:
 
     def chat_stream(self, request: ChatCompletionRequest) -> Iterator[ChatCompletionChunk]:
         """Server-sent chunks as they come; the last carries usage and the Somnus report."""
-        path = "/v1/chat/completions"
-        body = request.model_copy(update={"stream": True}).model_dump_json()
+        body = request.model_copy(update={"stream": True})
+        for data in self._events("/v1/chat/completions", body, CHAT_TIMEOUT_S, "chat"):
+            if data == "[DONE]":
+                return
+            yield self._chunk(data)
+
+    def run_stream(self, request: RunRequest) -> Iterator[RunEvent]:
+        """A sandboxed run's events as they come (artifacts VM); the last is its result."""
+        for data in self._events("/runs", request, RUN_TIMEOUT_S, "run"):
+            try:
+                yield RunEvent.model_validate_json(data)
+            except ValidationError as exc:
+                raise GuestError(f"{self._who}: agent run sent an unexpected event: "
+                                 f"{_one_line(data)}") from exc
+
+    def run_file(self, run_id: str, path: str, timeout_s: float = 60.0) -> bytes:
+        """A file a run produced."""
+        return self._send("GET", f"/runs/{run_id}/files/{path}", timeout_s).content
+
+    def _events(self, path: str, body: BaseModel, timeout_s: float, what: str) -> Iterator[str]:
+        """The ``data:`` payloads of a server-sent event stream."""
         answered = False
         try:
             with httpx.stream("POST", self.base_url + path,
-                              headers={**self.headers, "Content-Type": JSON}, content=body,
-                              timeout=CHAT_TIMEOUT_S) as response:
+                              headers={**self.headers, "Content-Type": JSON},
+                              content=body.model_dump_json(), timeout=timeout_s) as response:
                 if response.status_code != 200:
                     response.read()
                     raise self._refused("POST", path, response)
                 answered = True
                 for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        return
-                    yield self._chunk(data)
+                    if line.startswith("data:"):
+                        yield line[5:].strip()
         except httpx.HTTPError as exc:
             if not answered:
                 raise self._unreachable(exc) from exc
-            raise GuestError(f"{self._who}: agent chat stream broke: {_reason(exc)}") from exc
+            raise GuestError(f"{self._who}: agent {what} stream broke: {_reason(exc)}") from exc
 
     def _chunk(self, data: str) -> ChatCompletionChunk:
         try:

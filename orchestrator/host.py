@@ -14,6 +14,8 @@ from collections.abc import Callable
 from types import TracebackType
 
 from core.config import Settings, load, load_settings
+from orchestrator.artifacts.service import ArtifactService
+from orchestrator.artifacts.tables import ArtifactStore
 from orchestrator.budget import Meter
 from orchestrator.chat import ChatService
 from orchestrator.database import open_database
@@ -61,6 +63,7 @@ class Host:
         self.vms.foreground = self.swap
         self.vms.prepare = self.swap.recover
         self.chat = ChatService(self.vms, self.swap, notes=self.project_store.take_note)
+        self.artifacts = ArtifactService(ArtifactStore(self.engine), self.chat, settings.home)
 
     @classmethod
     def from_env(cls) -> Host:

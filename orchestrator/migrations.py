@@ -383,3 +383,49 @@ def m002_vms_domain_uuid(conn: Connection) -> None:
     """``vms.domain_uuid``: libvirt's UUID of the domain, to tell our domains from orphans."""
     # Nullable: rows older than this migration have no UUID on record.
     conn.exec_driver_sql("ALTER TABLE vms ADD COLUMN domain_uuid TEXT")
+
+
+@migration
+def m003_artifacts(conn: Connection) -> None:
+    """Artifacts, their versions and their runs (``orchestrator.artifacts.tables``)."""
+    for statement in (
+        """CREATE TABLE artifacts (
+    name VARCHAR NOT NULL,
+    kind VARCHAR(8) NOT NULL,
+    language VARCHAR(10) NOT NULL,
+    entry VARCHAR NOT NULL,
+    status VARCHAR(10) NOT NULL,
+    latest_version INTEGER NOT NULL,
+    created_at DATETIME NOT NULL,
+    updated_at DATETIME NOT NULL,
+    PRIMARY KEY (name)
+)""",
+        """CREATE TABLE artifact_versions (
+    id INTEGER NOT NULL,
+    artifact VARCHAR NOT NULL,
+    number INTEGER NOT NULL,
+    files VARCHAR NOT NULL,
+    message VARCHAR NOT NULL,
+    created_at DATETIME NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE (artifact, number)
+)""",
+        "CREATE INDEX ix_artifact_versions_artifact ON artifact_versions (artifact)",
+        """CREATE TABLE artifact_runs (
+    id VARCHAR NOT NULL,
+    artifact VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    vm_name VARCHAR NOT NULL,
+    outcome VARCHAR(13),
+    "limit" VARCHAR(9),
+    exit_code INTEGER,
+    signal VARCHAR,
+    duration_s FLOAT,
+    result VARCHAR,
+    started_at DATETIME NOT NULL,
+    finished_at DATETIME,
+    PRIMARY KEY (id)
+)""",
+        "CREATE INDEX ix_artifact_runs_artifact ON artifact_runs (artifact)",
+    ):
+        conn.exec_driver_sql(statement)

@@ -35,6 +35,7 @@ from core.errors import (
 from core.types import Progress
 from guest_agent.protocol import AgentConfig, InfoResponse, Subsystem
 from images.catalog import ImageManifest, get_image
+from images.recipe import Flavour
 from orchestrator import accel, credentials, disks, saveimage, seed
 from orchestrator.agent_client import AgentClient
 from orchestrator.domain_xml import DomainSpec, build_domain_xml, somnus_owner
@@ -63,6 +64,8 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 
 
 MAX_DESCRIPTION = 1000  # characters of a snapshot's description
+# The image flavour a subsystem's VMs boot; every other subsystem boots the base image.
+SUBSYSTEM_FLAVOUR: dict[Subsystem, Flavour] = {Subsystem.ARTIFACTS: Flavour.ARTIFACTS}
 
 
 def validate_name(name: str, what: str = "VM") -> None:
@@ -229,7 +232,7 @@ class VMService:
         timings: dict[str, float] = {}
         started = time.monotonic()
         with self.changing():
-            image = self.check_new(name, image_ref, memory_mib, vcpus)
+            image = self.check_new(name, image_ref, memory_mib, vcpus, subsystem)
             disks.require_free_space(self.settings.home, self.settings.min_free_disk_mib)
             ssh_port, agent_port = allocate_ports(
                 2, self.settings.port_range_start, self.settings.port_range_end,
@@ -400,8 +403,10 @@ class VMService:
         self.lifecycle.check_can_fit(name, memory_mib)
 
     def check_new(self, name: str, image_ref: str | None = None,
-                  memory_mib: int | None = None, vcpus: int | None = None) -> ImageManifest:
-        """Refuse a VM that cannot be created (bad or taken name, unknown image, too big).
+                  memory_mib: int | None = None, vcpus: int | None = None,
+                  subsystem: Subsystem | None = None) -> ImageManifest:
+        """Refuse a VM that cannot be created (bad or taken name, unknown image, too big);
+        return the image it would boot (by default the current one of its flavour).
 
         Cheap; ``create`` repeats it under the lock; callers that start ``create`` in
         the background call it first to fail at once.
@@ -413,7 +418,8 @@ class VMService:
         if self.hv.exists(self.domain_name(name)):
             raise AlreadyExists(f"libvirt already has a domain '{self.domain_name(name)}' "
                                 "('somnus vm prune' removes domains no VM owns)")
-        return get_image(self.settings, image_ref)
+        flavour = SUBSYSTEM_FLAVOUR.get(subsystem, Flavour.BASE) if subsystem else Flavour.BASE
+        return get_image(self.settings, image_ref, flavour)
 
     def _provision(self, record: VMRecord, image: ImageManifest,
                    acceleration: accel.Acceleration, identity: Identity,

@@ -98,6 +98,9 @@ echo "$LLAMA_WHEEL"
 
 case "$ACTION" in
   demo)
+    step "guest images: base, and artifacts (base + compilers and the sandbox)"
+    $SUDO "$VENV/bin/somnus" image build
+    $SUDO "$VENV/bin/somnus" image build --flavour artifacts
     step "demo"
     $SUDO "$VENV/bin/somnus" demo
     ;;
@@ -105,8 +108,9 @@ case "$ACTION" in
     step "lint"
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy" core orchestrator guest_agent images api cli bench
-    step "guest image (cached by recipe hash)"
+    step "guest images (cached by recipe hash): base, and artifacts"
     $SUDO "$VENV/bin/somnus" image build
+    $SUDO "$VENV/bin/somnus" image build --flavour artifacts
     step "tests"
     $SUDO "$VENV/bin/pytest" --durations=30 tests/unit tests/vm
     ;;

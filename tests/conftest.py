@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from core.config import Settings
 from images.catalog import ImageManifest, image_dir
+from images.recipe import Flavour
 from orchestrator.host import Host
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.vms import VMService
@@ -32,10 +33,19 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+ARTIFACTS_IMAGE = "ef" * 32
+
+
 @pytest.fixture
 def image(settings: Settings) -> ImageManifest:
+    """The base image; an artifacts-flavour one is there too (for artifacts VMs)."""
+    write_image(settings, ARTIFACTS_IMAGE, Flavour.ARTIFACTS)
+    return write_image(settings, "ab" * 32)
+
+
+def write_image(settings: Settings, recipe: str, flavour: Flavour = Flavour.BASE,
+                age_s: float = 0) -> ImageManifest:
     """A tiny but real qcow2 base with a manifest, as the builder would leave it."""
-    recipe = "ab" * 32
     folder = image_dir(settings, recipe)
     folder.mkdir(parents=True)
     subprocess.run(
@@ -45,9 +55,10 @@ def image(settings: Settings) -> ImageManifest:
         (folder / name).write_bytes(b"x")
     manifest = ImageManifest(
         name="unit",
+        flavour=flavour,
         recipe_hash=recipe,
         base_hash="cd" * 32,
-        created_at=datetime.now(UTC),
+        created_at=datetime.now(UTC) - timedelta(seconds=age_s),
         path=folder,
         disk=folder / "disk.qcow2",
         kernel=folder / "vmlinuz",

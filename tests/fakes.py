@@ -7,13 +7,15 @@ raises instead of killing the process. ``PagedRam`` plays a QEMU whose RAM is a 
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from core.config import Settings
-from core.errors import GuestError, HypervisorUnavailable
+from core.errors import Busy, GuestError, HypervisorUnavailable
 from guest_agent.protocol import (
     AgentStatus,
     ChatCompletionChunk,
@@ -31,6 +33,9 @@ from guest_agent.protocol import (
     MemorySearchResponse,
     Subsystem,
 )
+from guest_agent.protocol.runs import RunEvent, RunLimits, RunRequest
+from guest_agent.sandbox.cgroups import ProcessGroupJail
+from guest_agent.sandbox.runner import RunFolder, Sandbox, SandboxBusy
 from orchestrator import eviction
 from orchestrator.budget import BudgetView
 from orchestrator.host import Host
@@ -56,6 +61,7 @@ class StandInAgent:
         self.broken = False
         self.calls: list[str] = []
         self.memories: list[MemoryRecord] = []
+        self._sandbox: Sandbox | None = None
 
     def _check(self, call: str) -> None:
         self.calls.append(call)
@@ -130,6 +136,32 @@ class StandInAgent:
         lines = [MemoryRecord.model_validate_json(x) for x in jsonl.splitlines() if x.strip()]
         self.memories.extend(lines)
         return MemoryImportResponse(imported=len(lines), deduplicated=0)
+
+    @property
+    def sandbox(self) -> Sandbox:
+        """The agent's own runner over a process group, in a folder of its own."""
+        if self._sandbox is None:
+            self._sandbox = Sandbox(Path(tempfile.mkdtemp(prefix="standin-runs-")),
+                                    ProcessGroupJail(), plain_launcher)
+        return self._sandbox
+
+    def run_stream(self, request: RunRequest) -> Iterator[RunEvent]:
+        self._check("run")
+        try:
+            events = self.sandbox.start(request)
+        except SandboxBusy as exc:  # as AgentClient reports a 503
+            raise Busy(str(exc), 1, self.name) from exc
+        yield from events
+
+    def run_file(self, run_id: str, path: str, timeout_s: float = 60.0) -> bytes:
+        self._check("run_file")
+        return self.sandbox.produced_file(run_id, path).read_bytes()
+
+
+def plain_launcher(folder: RunFolder, argv: list[str], env: dict[str, str],
+                   limits: RunLimits) -> list[str]:
+    """Run a sandbox's command as is, on the host (no bubblewrap): the host's Python."""
+    return [sys.executable if argv[0] == "python3" else argv[0], *argv[1:]]
 
 
 class StandInAgents:

@@ -15,7 +15,7 @@ from images.catalog import ImageManifest
 
 router = APIRouter(prefix="/images", tags=["images"], **PROTECTED)
 # Not a VM name (no slash allowed there): builds never conflict with VM operations.
-BUILD_KEY = "images/build"
+BUILD_KEY = "images/build"  # one build at a time, whatever the flavour
 NO_BUILD_OPTIONS = ImageBuild()  # the body may be left out
 
 
@@ -30,6 +30,7 @@ def build_image(ctx: Ctx, response: Response, body: ImageBuild = NO_BUILD_OPTION
     """Build (or reuse) the current recipe's image; one build at a time."""
 
     def work(progress: Progress) -> dict[str, Any]:
-        return builder.build_image(ctx.settings, progress, body.force).model_dump(mode="json")
+        manifest = builder.build_image(ctx.settings, progress, body.force, body.flavour)
+        return manifest.model_dump(mode="json")
 
     return accepted(ctx.ops.start("build", BUILD_KEY, work), response)

@@ -41,7 +41,7 @@ async def list_vms(ctx: Ctx) -> Response:
 @router.post("", status_code=202, responses=ACCEPTED)
 def create_vm(body: VMCreate, ctx: Ctx, response: Response) -> OperationView:
     """Create and boot a VM (an operation); a taken name or unknown image fails at once."""
-    ctx.host.vms.check_new(body.name, body.image, body.memory_mib, body.vcpus)
+    ctx.host.vms.check_new(body.name, body.image, body.memory_mib, body.vcpus, body.subsystem)
 
     def work(progress: Progress) -> dict[str, Any]:
         record, timings = ctx.host.vms.create(body.name, body.subsystem, body.memory_mib,

@@ -28,7 +28,7 @@ EXPECTED_PATHS = {
     "/health", "/info", "/model", "/v1/models", "/v1/chat/completions", "/v1/embeddings",
     "/memory", "/memory/search", "/memory/export", "/memory/import", "/memory/flush",
     "/memory/x", "/prompt/last", "/prompt/profile", "/prompt/roles", "/openapi.json",
-    "/identity",
+    "/identity", "/runs", "/runs/x/files/x",
 }  # fmt: skip
 
 
@@ -242,3 +242,14 @@ def test_the_agent_waits_for_cloud_init_to_finish_writing_its_config(tmp_path: P
     config = wait_for_config(path, poll_s=0.05, sleep=sleep)
     assert config.model_dump_json() == full
     assert naps == [0.05] * 3
+
+
+def test_a_vm_without_a_sandbox_refuses_runs_in_one_line(agent_client: TestClient,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # No bubblewrap: not the artifacts image.
+    monkeypatch.setattr("shutil.which", lambda _name: None)
+    body = {"run_id": "r1", "language": "python", "entry": "main.py",
+            "files": [{"path": "main.py", "content": "print(1)"}]}
+    refused = agent_client.post("/runs", json=body, headers=AUTH)
+    assert refused.status_code == 409
+    assert refused.json()["error"].startswith("this VM has no sandbox (bubblewrap)")

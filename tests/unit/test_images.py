@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,9 @@ import yaml
 from core.config import Settings
 from core.errors import ImageBuildError, InsufficientResources, InvalidInput, NotFound
 from images import builder, catalog, plumbing, recipe, wheels
-from images.catalog import ImageManifest, image_dir
+from images.catalog import ImageManifest
+from images.recipe import Flavour
+from tests.conftest import write_image
 
 LLAMA_SHA = "11" * 32
 
@@ -31,33 +32,6 @@ def files_copy(tmp_path: Path) -> Path:
     dest = tmp_path / "files"
     shutil.copytree(recipe.FILES_DIR, dest)
     return dest
-
-
-def make_image(settings: Settings, recipe_hash: str, age_s: float = 0) -> ImageManifest:
-    """A folder shaped like the builder's output (tiny placeholder files)."""
-    folder = image_dir(settings, recipe_hash)
-    folder.mkdir(parents=True)
-    for name in ("disk.qcow2", "vmlinuz-6.1.0-1-cloud-amd64", "initrd.img-6.1.0-1-cloud-amd64"):
-        (folder / name).write_bytes(b"x")
-    manifest = ImageManifest(
-        name=recipe.IMAGE_NAME,
-        recipe_hash=recipe_hash,
-        base_hash="cd" * 32,
-        created_at=datetime.now(UTC) - timedelta(seconds=age_s),
-        path=folder,
-        disk=folder / "disk.qcow2",
-        kernel=folder / "vmlinuz-6.1.0-1-cloud-amd64",
-        initrd=folder / "initrd.img-6.1.0-1-cloud-amd64",
-        kernel_cmdline=recipe.KERNEL_CMDLINE,
-        disk_bytes=1,
-        virtual_size_bytes=recipe.DISK_SIZE_BYTES,
-        debian_suite=recipe.DEBIAN_SUITE,
-        packages=list(recipe.PACKAGES),
-        guest_requirements=list(recipe.GUEST_REQUIREMENTS),
-        build_seconds=1.5,
-    )
-    manifest.write(folder)
-    return manifest
 
 
 def fake_llama_wheel(settings: Settings) -> Path:
@@ -150,7 +124,7 @@ def test_customize_hook_is_valid_sh() -> None:
 
 
 def test_manifest_round_trip_and_relocation(settings: Settings, tmp_path: Path) -> None:
-    made = make_image(settings, "ab" * 32)
+    made = write_image(settings, "ab" * 32)
     assert ImageManifest.load(made.path) == made
     moved = tmp_path / "elsewhere"
     shutil.move(made.path, moved)
@@ -160,12 +134,12 @@ def test_manifest_round_trip_and_relocation(settings: Settings, tmp_path: Path) 
 
 
 def test_catalog_lists_newest_first_and_skips_junk(settings: Settings) -> None:
-    old = make_image(settings, "aa" * 32, age_s=100)
-    new = make_image(settings, "bb" * 32)
+    old = write_image(settings, "aa" * 32, age_s=100)
+    new = write_image(settings, "bb" * 32)
     junk = settings.images_dir / "0123456789abcdef"
     junk.mkdir()
     (junk / catalog.MANIFEST_NAME).write_text("{not json")
-    (make_image(settings, "cc" * 32).disk).unlink()  # incomplete: disk missing
+    (write_image(settings, "cc" * 32).disk).unlink()  # incomplete: disk missing
     (settings.images_dir / ".disk-staging").mkdir()
     (settings.images_dir / "base-x.tar").write_bytes(b"")
     assert [m.recipe_hash for m in catalog.list_images(settings)] == [
@@ -177,8 +151,8 @@ def test_catalog_lists_newest_first_and_skips_junk(settings: Settings) -> None:
 def test_get_image_by_prefix_and_errors(settings: Settings) -> None:
     with pytest.raises(NotFound, match="somnus image build"):
         catalog.get_image(settings)
-    first = make_image(settings, "abc1" + "0" * 60)
-    make_image(settings, "abc2" + "0" * 60)
+    first = write_image(settings, "abc1" + "0" * 60)
+    write_image(settings, "abc2" + "0" * 60)
     assert catalog.get_image(settings, "ABC1") == first
     with pytest.raises(InvalidInput, match="ambiguous"):
         catalog.get_image(settings, "abc")
@@ -191,20 +165,37 @@ def test_get_image_prefers_current_recipe_over_newest(settings: Settings) -> Non
     fake_llama_wheel(settings)
     current = catalog.current_recipe_hash(settings)
     assert current is not None
-    wanted = make_image(settings, current, age_s=500)
-    make_image(settings, "ee" * 32)
+    wanted = write_image(settings, current, age_s=500)
+    write_image(settings, "ee" * 32)
     assert catalog.get_image(settings) == wanted
 
 
 def test_get_image_without_wheel_falls_back_to_newest(settings: Settings) -> None:
-    make_image(settings, "aa" * 32, age_s=100)
-    newest = make_image(settings, "bb" * 32)
+    write_image(settings, "aa" * 32, age_s=100)
+    newest = write_image(settings, "bb" * 32)
     assert catalog.current_recipe_hash(settings) is None
     assert catalog.get_image(settings) == newest
 
 
+def test_each_flavour_has_its_own_hashes_and_images(settings: Settings) -> None:
+    base, art = (recipe.recipe_hash(LLAMA_SHA, flavour=f) for f in Flavour)
+    assert base != art
+    assert recipe.base_hash(LLAMA_SHA) != recipe.base_hash(LLAMA_SHA, flavour=Flavour.ARTIFACTS)
+    assert set(recipe.flavour_packages(Flavour.ARTIFACTS)) > set(recipe.PACKAGES)
+    assert builder.base_tarball(settings, "x").name == "base-x.tar"  # as before flavours
+    with pytest.raises(NotFound, match="'somnus image build --flavour artifacts'"):
+        catalog.get_image(settings, flavour=Flavour.ARTIFACTS)
+    plain = write_image(settings, "aa" * 32)
+    made = write_image(settings, "bb" * 32, Flavour.ARTIFACTS, age_s=100)
+    assert catalog.get_image(settings, flavour=Flavour.ARTIFACTS) == made
+    assert catalog.get_image(settings) == plain
+    # A manifest written before flavours existed reads as a base image.
+    legacy = plain.model_dump(mode="json", exclude={"flavour"})
+    assert ImageManifest.model_validate(legacy).flavour is Flavour.BASE
+
+
 def test_delete_image(settings: Settings) -> None:
-    made = make_image(settings, "ab" * 32)
+    made = write_image(settings, "ab" * 32)
     catalog.delete_image(settings, "abab")
     assert not made.path.exists()
     assert not list(settings.images_dir.iterdir())
@@ -291,7 +282,7 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="build_image requires 
 def test_build_returns_cached_image_without_work(settings: Settings) -> None:
     llama = fake_llama_wheel(settings)
     current = recipe.recipe_hash(wheels.file_sha256(llama))
-    made = make_image(settings, current)
+    made = write_image(settings, current)
     assert builder.build_image(settings) == made
     assert not (settings.cache / "logs").exists()  # no build was even started
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,15 +10,9 @@ import pytest
 from guest_agent.protocol import MemoryType, PromptLayerName
 from guest_agent.runtime import default_model_path
 from orchestrator.vms import VMService
+from tests.vm.cli import somnus
 
 pytestmark = pytest.mark.vm
-
-
-def somnus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from cli import main; main()", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=900,
-    )
 
 
 def wait_model_ready(service: VMService, name: str, timeout_s: float = 300) -> None:

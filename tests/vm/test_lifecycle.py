@@ -6,10 +6,7 @@ Tests run in file order on the shared VM; the last one deletes it.
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -20,17 +17,10 @@ from images.catalog import ImageManifest
 from orchestrator.host import Host
 from orchestrator.models import VMState
 from orchestrator.vms import VMService
+from tests.vm.cli import somnus
 from tests.vm.sampling import running_vms, sampling
 
 pytestmark = pytest.mark.vm
-
-
-def somnus(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run the real CLI in a subprocess against the test home."""
-    return subprocess.run(
-        [sys.executable, "-c", "from cli import main; main()", *args],
-        env={**os.environ, **env}, capture_output=True, text=True, timeout=600,
-    )
 
 
 def test_vm_is_running_and_listed(booted_vm: str, vm_env: dict[str, str]) -> None:

@@ -1,0 +1,1 @@
+"""Sandboxed runs in the artifacts VM: toolchains, the cgroup subtree, the runner."""

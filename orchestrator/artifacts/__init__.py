@@ -1,0 +1,1 @@
+"""Artifacts: versioned programs run in the artifacts VM's sandbox."""
