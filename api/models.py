@@ -13,7 +13,7 @@ import getpass
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 from uuid import UUID
 
 from fastapi import Path, Query
@@ -26,6 +26,7 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     WithJsonSchema,
+    create_model,
 )
 from pydantic import Strict as StrictType
 
@@ -36,7 +37,25 @@ from guest_agent.protocol import (
     MemorySearchRequest,
     Subsystem,
 )
+from guest_agent.protocol.runs import (
+    RELATIVE_PATH_PATTERN,
+    RUN_ID_RE,
+    Language,
+    LimitName,
+    RunEvent,
+    RunLimits,
+    RunOutcome,
+    RunResult,
+    SourceFile,
+    WebStatus,
+)
 from images.recipe import Flavour
+from orchestrator.artifacts.service import (
+    ARTIFACT_NAME_PATTERN,
+    RESERVED_ARTIFACT_NAMES,
+    check_artifact_name,
+)
+from orchestrator.artifacts.tables import ArtifactKind, ArtifactStatus
 from orchestrator.devsessions import (
     CodeBlock,
     DevSession,
@@ -394,3 +413,135 @@ class GcResult(BaseModel):
                    stale_temp=[str(p) for p in plan.stale_temp], expired=plan.expired,
                    dry_run=dry_run)
 
+
+
+# -- artifacts -----------------------------------------------------------------------------
+
+def _artifact_name(value: str) -> str:
+    try:
+        return check_artifact_name(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from None
+
+
+ArtifactName = Annotated[str, AfterValidator(_artifact_name), WithJsonSchema({
+    "type": "string", "pattern": "^" + "".join(f"(?!{n}$)" for n in sorted(
+        RESERVED_ARTIFACT_NAMES)) + ARTIFACT_NAME_PATTERN.removeprefix("^")})]
+ArtifactPath = Annotated[ArtifactName, Path(description="artifact name")]
+RunPath = Annotated[str, Path(pattern=RUN_ID_RE.pattern, description="run id")]
+
+
+# Standard base64 with its padding: what the schema says is what decodes.
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+FilePath = Annotated[str, Field(min_length=1, max_length=255, pattern=RELATIVE_PATH_PATTERN,
+                                description="relative, inside the artifact's folder")]
+
+
+class TextFile(Strict):
+    path: FilePath
+    content: str
+
+
+class BinaryFile(Strict):
+    path: FilePath
+    base64: str = Field(pattern=BASE64_PATTERN, description="the bytes, base64")
+
+
+ArtifactFile = TextFile | BinaryFile
+
+
+def sources(files: list[ArtifactFile]) -> list[SourceFile]:
+    """The protocol's files (``SourceFile``) of a request's."""
+    return [SourceFile(path=f.path, content=f.content) if isinstance(f, TextFile)
+            else SourceFile(path=f.path, content=f.base64, base64=True) for f in files]
+
+
+class ArtifactCreate(Strict):
+    name: ArtifactName
+    language: Language
+    files: list[ArtifactFile] = Field(min_length=1, max_length=1000)
+    entry: str | None = Field(default=None, description="the file a run starts from")
+    kind: ArtifactKind = ArtifactKind.PROGRAM
+
+
+class ArtifactUpdate(Strict):
+    files: list[ArtifactFile] = Field(min_length=1, max_length=1000)
+    message: str = Field(default="", max_length=1000)
+
+
+def _overrides(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` with every field optional (null: the default), its bounds kept, and
+    strict as every body here is (integers as JSON Schema has them)."""
+    fields: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        strict = [StrictType()] if info.annotation in (int, float) else []
+        whole = [_WHOLE] if info.annotation is int else []
+        extra = [*strict, *info.metadata, *whole]
+        typed: Any = Annotated[(info.annotation, *extra)] if extra else info.annotation
+        fields[name] = (Optional[typed], Field(default=None, description=info.description))  # noqa: UP045
+    return create_model(f"{model.__name__}Override", __config__=ConfigDict(extra="forbid"),
+                        **fields)
+
+
+if TYPE_CHECKING:
+    RunLimitsOverride = BaseModel
+else:
+    RunLimitsOverride = _overrides(RunLimits)
+
+
+class ArtifactRun(Strict):
+    version: Version | None = Field(default=None, description="default: the latest")
+    stdin: str = Field(default="", max_length=8 * 1024 * 1024)
+    args: list[str] = Field(default_factory=list, max_length=256)
+    limits: RunLimitsOverride = Field(default_factory=RunLimitsOverride,
+                                      description="the language's defaults where null")
+
+
+class ArtifactVersionView(BaseModel):
+    number: int
+    message: str
+    created_at: datetime
+
+
+class ArtifactView(BaseModel):
+    name: str
+    kind: ArtifactKind
+    language: Language
+    entry: str
+    status: ArtifactStatus
+    latest_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class ArtifactDetail(ArtifactView):
+    versions: list[ArtifactVersionView]
+    files: list[SourceFile] = Field(description="the latest version's files")
+
+
+class ArtifactRunView(BaseModel):
+    id: str
+    artifact: str
+    version: int
+    vm_name: str
+    outcome: RunOutcome | None = Field(description="null while it runs, or if it never ended")
+    limit: LimitName | None
+    exit_code: int | None
+    signal: str | None
+    duration_s: float | None
+    started_at: datetime
+    finished_at: datetime | None
+    result: RunResult | None
+
+
+class ArtifactRunLog(ArtifactRunView):
+    events: list[RunEvent]
+
+
+class WebView(WebStatus):
+    url: str = Field(description="the open web artifact, on the host's loopback")
+
+
+class ProjectTest(Strict):
+    command: str | None = Field(default=None, min_length=1, max_length=10_000,
+                                description="shell command; default: detected from the files")

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from api.models import ErrorBody, error_body
 from api.operations import Operation, OperationState, OperationView
 from guest_agent.protocol import ChatCompletionChunk
+from guest_agent.protocol.runs import RunEvent
 
 T = TypeVar("T")
 MEDIA_TYPE = "text/event-stream"
@@ -31,7 +32,7 @@ class ProgressLine(BaseModel):
 
 
 # Models that only event data refers to: the app adds them to the document's components.
-EVENT_MODELS: list[type[BaseModel]] = [ProgressLine, ChatCompletionChunk]
+EVENT_MODELS: list[type[BaseModel]] = [ProgressLine, ChatCompletionChunk, RunEvent]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -72,6 +73,18 @@ CHAT_EVENTS: dict[int | str, dict[str, Any]] = {200: {
     "content": {MEDIA_TYPE: {"schema": {"oneOf": [
         _event("message", {**_json(_ref(ChatCompletionChunk)), "not": {"const": DONE}},
                title="chunk"),
+        _event("message", {"const": DONE}, title="done"),
+        _event("error", _json(_ref(ErrorBody))),
+    ]}}},
+}}
+
+
+RUN_EVENTS: dict[int | str, dict[str, Any]] = {200: {
+    "description": "server-sent events: the run's events as they come (`started`, `phase`, "
+                   f"`stdout`, `stderr`, then one `result`), then `{DONE}`; a failure of the "
+                   "host's side after the first event is an `error` event",
+    "content": {MEDIA_TYPE: {"schema": {"oneOf": [
+        _event("message", {**_json(_ref(RunEvent)), "not": {"const": DONE}}, title="event"),
         _event("message", {"const": DONE}, title="done"),
         _event("error", _json(_ref(ErrorBody))),
     ]}}},

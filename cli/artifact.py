@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+import webbrowser
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +15,7 @@ from rich.table import Table
 
 from cli.common import Clock, JsonFlag, emit_json, err, host, out
 from guest_agent.protocol.runs import Language, RunEvent, RunEventKind, RunOutcome, RunResult
+from orchestrator.artifacts.export import ExportFormat
 from orchestrator.artifacts.service import ArtifactService, read_sources
 from orchestrator.artifacts.tables import ArtifactKind, ArtifactRow, ArtifactRunRow
 
@@ -130,6 +133,11 @@ def artifact_run(
     events = artifacts().run(name, version, stdin=stdin.read_text() if stdin else "",
                              args=arg or [], limits={"wall_s": timeout, "memory_mib": memory},
                              progress=None if as_json else Clock())  # fmt: skip
+    report_run(events, as_json)
+
+
+def report_run(events: Iterator[RunEvent], as_json: bool) -> None:
+    """Stream a run's output (or print its result as JSON), then exit with its outcome."""
     result = _follow(events, as_json)
     if as_json:
         emit_json(result.model_dump(mode="json"))
@@ -138,10 +146,9 @@ def artifact_run(
     raise typer.Exit(_exit_code(result))
 
 
-def _follow(events: Any, as_json: bool) -> RunResult:
+def _follow(events: Iterator[RunEvent], as_json: bool) -> RunResult:
     result: RunResult | None = None
     for event in events:
-        assert isinstance(event, RunEvent)
         if event.kind is RunEventKind.RESULT:
             result = event.result
         elif not as_json and event.kind is RunEventKind.STDOUT:
@@ -191,6 +198,35 @@ def _exit_code(result: RunResult) -> int:
             return EXIT_SANDBOX_ERROR
 
 
+@artifact_app.command("open")
+def artifact_open(
+    name: NameArg,
+    version: Annotated[int | None, typer.Option(help="Version (default: the latest).")] = None,
+    browser: Annotated[bool, typer.Option("--browser", help="Open it in a browser too.")]
+    = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Serve a web artifact from the artifacts VM and print its URL; the foreground VM
+    keeps running (the artifacts VM comes up beside it)."""
+    url, status = artifacts().open(name, version, None if as_json else Clock())
+    if as_json:
+        emit_json({"url": url, **status.model_dump(mode="json")})
+        return
+    out.print(f"{name} ({status.mode}): {url}")
+    if browser:
+        webbrowser.open(url)
+
+
+@artifact_app.command("stop")
+def artifact_stop(as_json: JsonFlag = False) -> None:
+    """Stop serving the open web artifact."""
+    status = artifacts().close()
+    if as_json:
+        emit_json(status.model_dump(mode="json"))
+    else:
+        out.print(f"web artifact run {status.run_id} stopped")
+
+
 @artifact_app.command("runs")
 def artifact_runs(name: NameArg, as_json: JsonFlag = False) -> None:
     """An artifact's runs, oldest first."""
@@ -224,6 +260,35 @@ def artifact_logs(
         return
     result = _follow(iter(events), as_json=False)
     err.print(_summary(result), highlight=False)
+
+
+@artifact_app.command("export")
+def artifact_export(
+    name: NameArg,
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="zip, tar (.tar.gz) or dir.")]
+    = ExportFormat.ZIP,
+    output: Annotated[Path | None, typer.Option("-o", "--output",
+                                                help="Where (default: ./NAME-vN.zip…).")] = None,
+    version: Annotated[int | None, typer.Option(help="Version (default: the latest).")] = None,
+    to_project: Annotated[str | None, typer.Option(
+        "--to-project", help="Commit it into this project's repository instead.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Export a version: its source, what its last run produced, and a manifest."""
+    svc = artifacts()
+    if to_project:
+        sha = svc.export_to_project(name, to_project, version, None if as_json else Clock())
+        if as_json:
+            emit_json({"artifact": name, "project": to_project, "commit": sha})
+        else:
+            out.print(f"artifact '{name}' committed into project '{to_project}' as {sha[:8]} "
+                      f"(under artifacts/{name}/; 'somnus project undo {to_project}' reverts)")
+        return
+    path = svc.export(name, fmt, output, version)
+    if as_json:
+        emit_json({"artifact": name, "format": fmt, "path": str(path)})
+    else:
+        out.print(f"exported '{name}' to {path}")
 
 
 @artifact_app.command("delete")

@@ -16,6 +16,7 @@ from guest_agent.protocol import (
     MemorySearchRequest,
     MemoryType,
     SomnusReport,
+    Subsystem,
 )
 from orchestrator.chat import ChatService
 
@@ -37,17 +38,38 @@ def _report_line(report: SomnusReport) -> str:
 
 
 def _one_turn(chat: ChatService, vm: str | None, message: str, new: bool,
-              temperature: float | None, max_tokens: int | None) -> None:
+              temperature: float | None, max_tokens: int | None) -> str:
     report: SomnusReport | None = None
+    parts: list[str] = []
     for chunk in chat.stream(vm, message, new=new, progress=Clock(),
                              temperature=temperature, max_tokens=max_tokens):
         for choice in chunk.choices:
+            parts.append(choice.delta.content or "")
             sys.stdout.write(choice.delta.content or "")
             sys.stdout.flush()
         report = chunk.somnus or report
     sys.stdout.write("\n")
     if report is not None:
         err.print(_report_line(report), style="dim", highlight=False)
+    return "".join(parts)
+
+
+def _keep_code(vm: str | None, answer: str) -> dict[str, str] | None:
+    """In the artifacts VM, an answer's code blocks become an artifact (as the original
+    design's artifacts chat does); elsewhere nothing happens."""
+    somnus = host()
+    ref = vm or somnus.store.foreground()
+    if ref is None or somnus.swap.resolve(ref).subsystem is not Subsystem.ARTIFACTS:
+        return None
+    row = somnus.artifacts.from_answer(answer)
+    return None if row is None else {"artifact": row.name, "language": row.language,
+                                     "entry": row.entry}
+
+
+def _announce(kept: dict[str, str] | None) -> None:
+    if kept:
+        err.print(f"artifact '{kept['artifact']}' made from the answer's {kept['language']} "
+                  f"code: 'somnus artifact run {kept['artifact']}'", highlight=False)
 
 
 def chat(
@@ -64,17 +86,21 @@ def chat(
     if message is not None and as_json:
         record, response = chat_service.ask(vm, message, new=new, progress=Clock(),
                                             temperature=temperature, max_tokens=max_tokens)
-        emit_json({"vm": record.name, **response.model_dump(mode="json")})
+        kept = _keep_code(record.name, response.choices[0].message.content)
+        emit_json({"vm": record.name, **response.model_dump(mode="json"),
+                   **({"artifact": kept} if kept else {})})
         return
     if message is not None:
-        _one_turn(chat_service, vm, message, new, temperature, max_tokens)
+        _announce(_keep_code(vm, _one_turn(chat_service, vm, message, new, temperature,
+                                           max_tokens)))
         return
     err.print("chat: type a message, an empty line or Ctrl-D to quit", style="dim")
     first = True
     for line in sys.stdin:
         if not line.strip():
             break
-        _one_turn(chat_service, vm, line.strip(), new and first, temperature, max_tokens)
+        _announce(_keep_code(vm, _one_turn(chat_service, vm, line.strip(), new and first,
+                                           temperature, max_tokens)))
         first = False
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import asdict
 from typing import Annotated, Any
@@ -11,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from cli.artifact import report_run
 from cli.common import Clock, JsonFlag, emit_json, host, out
 from orchestrator.projects import (
     REPO_DIR,
@@ -203,3 +205,22 @@ def project_gc(
         out.print(f"{verb} leftover {escape(str(path))}")
     for name in plan.expired:
         out.print(f"{verb} archived project '{name}' (unused for {older_than:g} days)")
+
+
+@project_app.command("test", context_settings={"allow_extra_args": True,
+                                                "ignore_unknown_options": True})
+def project_test(
+    name: NameArg,
+    command: Annotated[list[str] | None, typer.Argument(
+        help="The test command (after --); default: detected (pytest, npm test, cargo, "
+             "go, make).")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the project's tests in a sandbox in the artifacts VM, on a copy of its HEAD.
+
+    Exits like 'somnus artifact run': the tests' exit code, 137 when a limit stopped
+    them. The run is kept as one of the artifact '<project>-tests'.
+    """
+    events = host().artifacts.test_project(name, shlex.join(command) if command else None,
+                                           None if as_json else Clock())
+    report_run(events, as_json)

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     port_range_start: int = Field(default=42000, ge=1024, le=65000)
     port_range_end: int = Field(default=42999, ge=1024, le=65535)
     agent_guest_port: int = 8700
+    web_guest_port: int = 8701  # where the artifacts VM's agent serves web artifacts
     default_memory_mib: int = Field(default=1024, ge=256)
     default_vcpus: int = Field(default=2, ge=1)
     disk_size_gib: int = Field(default=8, ge=2)

@@ -13,6 +13,7 @@ from guest_agent.prompts.bridge import PromptBridge
 from guest_agent.protocol import AgentConfig, AgentStatus, ModelState
 from guest_agent.runtime import ModelRuntime
 from guest_agent.sandbox.runner import Sandbox, SandboxUnavailable, open_sandbox
+from guest_agent.sandbox.web import WebArtifacts
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Agent:
         self._booted = threading.Event()
         self._sandbox: Sandbox | SandboxUnavailable | None = None
         self._sandbox_lock = threading.Lock()
+        self._web: WebArtifacts | None = None
         self._data_dir = data_dir
 
     @property
@@ -48,6 +50,15 @@ class Agent:
         if isinstance(self._sandbox, SandboxUnavailable):
             raise self._sandbox
         return self._sandbox
+
+    @property
+    def web(self) -> WebArtifacts:
+        """The open web artifact and the web port, started on first use (artifacts VM)."""
+        sandbox = self.sandbox
+        with self._sandbox_lock:
+            if self._web is None:
+                self._web = WebArtifacts(sandbox)
+            return self._web
 
     def boot(self) -> None:
         """Load the model, then attach memory to it (index loaded or rebuilt)."""

@@ -69,7 +69,7 @@ from guest_agent.protocol import (
     RoleList,
 )
 from guest_agent.protocol.models_dir import list_models
-from guest_agent.protocol.runs import RunRequest
+from guest_agent.protocol.runs import RunRequest, WebRequest, WebStatus
 from guest_agent.runtime import InputTooLong, ModelNotReady, ModelRuntime
 from guest_agent.sandbox.runner import SandboxBusy, SandboxError, SandboxUnavailable
 
@@ -442,6 +442,23 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
             return FileResponse(agent.sandbox.produced_file(run_id, path))
         except FileNotFoundError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from exc
+
+    @app.post("/web")
+    def web_open(request: WebRequest) -> WebStatus:
+        """Serve a web artifact on the web port (replacing the open one)."""
+        return agent.web.open(request)
+
+    @app.get("/web")
+    def web_status() -> WebStatus:
+        if (status := agent.web.status()) is None:
+            raise HTTPException(status_code=404, detail="no web artifact is open")
+        return status
+
+    @app.delete("/web")
+    def web_stop() -> WebStatus:
+        if (status := agent.web.stop()) is None:
+            raise HTTPException(status_code=404, detail="no web artifact is open")
+        return status
 
     # -- prompts --------------------------------------------------------------
 

@@ -66,7 +66,7 @@ FLAVOUR_PACKAGES: dict[Flavour, tuple[str, ...]] = {
         "bubblewrap",  # the per-run sandbox (guest_agent.sandbox)
         "gcc", "g++", "libc6-dev", "make",
         "nodejs",
-        "rustc",
+        "rustc", "cargo",
         "golang-go",
         "python3-pytest",  # `somnus project test` on Python repositories
     ),

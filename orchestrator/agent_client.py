@@ -35,7 +35,7 @@ from guest_agent.protocol import (
     MemoryType,
     PromptInspection,
 )
-from guest_agent.protocol.runs import RunEvent, RunRequest
+from guest_agent.protocol.runs import RunEvent, RunRequest, WebRequest, WebStatus
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -219,6 +219,16 @@ class AgentClient:
     def run_file(self, run_id: str, path: str, timeout_s: float = 60.0) -> bytes:
         """A file a run produced."""
         return self._send("GET", f"/runs/{run_id}/files/{path}", timeout_s).content
+
+    def web_open(self, request: WebRequest, timeout_s: float = 120.0) -> WebStatus:
+        """Serve a web artifact on the VM's web port (replacing the open one)."""
+        return self._call("POST", "/web", WebStatus, timeout_s, body=request)
+
+    def web_status(self, timeout_s: float = 10.0) -> WebStatus:
+        return self._call("GET", "/web", WebStatus, timeout_s)
+
+    def web_stop(self, timeout_s: float = 30.0) -> WebStatus:
+        return self._call("DELETE", "/web", WebStatus, timeout_s)
 
     def _events(self, path: str, body: BaseModel, timeout_s: float, what: str) -> Iterator[str]:
         """The ``data:`` payloads of a server-sent event stream."""

@@ -39,6 +39,9 @@ class DomainSpec:
     ssh_port: int
     agent_port: int
     agent_guest_port: int
+    # The artifacts VM's web artifacts (guest_agent.sandbox.web): None for other VMs.
+    web_port: int | None = None
+    web_guest_port: int = 0
     vm_name: str = ""  # the Somnus name (the domain's carries the home's prefix)
     owner_home: str = ""  # the Somnus home whose record owns this domain
     tb_cache_mib: int = 0  # TCG translation cache; 0 leaves QEMU's default (1 GiB)
@@ -73,6 +76,8 @@ def user_netdev_args(spec: DomainSpec) -> list[str]:
         f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22,"
         f"hostfwd=tcp:127.0.0.1:{spec.agent_port}-:{spec.agent_guest_port}"
     )
+    if spec.web_port is not None:
+        forwards += f",hostfwd=tcp:127.0.0.1:{spec.web_port}-:{spec.web_guest_port}"
     return [
         "-netdev", f"user,id=n0,restrict=on,{forwards}",
         "-device", f"virtio-net-pci,netdev=n0,bus=pcie.0,addr={NIC_PCI_ADDR}",

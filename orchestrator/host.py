@@ -63,7 +63,8 @@ class Host:
         self.vms.foreground = self.swap
         self.vms.prepare = self.swap.recover
         self.chat = ChatService(self.vms, self.swap, notes=self.project_store.take_note)
-        self.artifacts = ArtifactService(ArtifactStore(self.engine), self.chat, settings.home)
+        self.artifacts = ArtifactService(ArtifactStore(self.engine), self.vms, self.swap,
+                                         settings.home, projects=self.projects)
 
     @classmethod
     def from_env(cls) -> Host:

@@ -429,3 +429,9 @@ def m003_artifacts(conn: Connection) -> None:
         "CREATE INDEX ix_artifact_runs_artifact ON artifact_runs (artifact)",
     ):
         conn.exec_driver_sql(statement)
+
+
+@migration
+def m004_vms_web_port(conn: Connection) -> None:
+    """``vms.web_port``: the host port forwarded to the artifacts VM's web artifacts."""
+    conn.exec_driver_sql("ALTER TABLE vms ADD COLUMN web_port INTEGER")

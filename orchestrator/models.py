@@ -61,6 +61,8 @@ class VMRecord(SQLModel, table=True):
     # When the VM last left the foreground or entered it: least recently used is demoted first.
     last_active_at: datetime = Field(default_factory=utcnow)
     domain_uuid: str | None = None  # libvirt's UUID: tells our domains from orphans
+    # The host port of the artifacts VM's web artifacts (None: other VMs have none).
+    web_port: int | None = None
 
 
 class StateTransition(SQLModel, table=True):

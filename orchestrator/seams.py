@@ -59,7 +59,10 @@ def env_faults(point: str) -> None:
 
 class _NoEntry:
     def started(self) -> None:
-        """Nothing to record without a foreground policy."""
+        """Nothing to record: no foreground change."""
+
+
+NO_ENTRY = _NoEntry()  # for a VM that comes up without entering the foreground
 
 
 class NoForeground:
@@ -67,4 +70,4 @@ class NoForeground:
 
     @contextmanager
     def entering(self, target: VMRecord, progress: Progress | None = None) -> Iterator[Entry]:
-        yield _NoEntry()
+        yield NO_ENTRY

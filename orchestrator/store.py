@@ -68,7 +68,8 @@ class Store(SQLiteStore):
             return list(s.exec(select(VMRecord).order_by(VMRecord.name)))
 
     def used_ports(self) -> set[int]:
-        return {p for r in self.list_vms() for p in (r.ssh_port, r.agent_port)}
+        return {p for r in self.list_vms() for p in (r.ssh_port, r.agent_port, r.web_port)
+                if p is not None}
 
     def set_state(self, name: str, state: VMState, reason: str = "",
                   error: str | None = None) -> VMRecord:

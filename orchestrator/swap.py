@@ -27,7 +27,7 @@ from orchestrator.budget import BudgetView, projected_mib
 from orchestrator.hypervisor import Hypervisor
 from orchestrator.models import SwapOutcome, SwapPhase, VMRecord, VMState
 from orchestrator.readiness import Stage, wait_ready
-from orchestrator.seams import Entry, FaultHook, Settler, env_faults
+from orchestrator.seams import NO_ENTRY, Entry, FaultHook, Settler, env_faults
 from orchestrator.views import ActivateView
 from orchestrator.vms import VMService
 
@@ -171,6 +171,33 @@ class SwapEngine:
             return ActivateView(vm=target.name, previous=previous, path=path,
                                 seconds=round(done - started, 3), seq=entry.seq,
                                 timings=laps.times)
+
+    def overlay(self, ref: str, progress: Progress | None = None) -> str:
+        """Bring the artifacts VM up beside the foreground VM, which keeps running (the
+        overlay tier); with nothing in the foreground this is an activation. Refused,
+        naming the VM that would have to step back, when the budget cannot hold both."""
+        with self.vms.changing():
+            target = self.resolve(ref)
+            fg_name = self.store.foreground()
+            fg = self.store.find_vm(fg_name) if fg_name else None
+            if fg is None or fg.name == target.name or not self.hv.is_running(fg.domain_name):
+                return self.activate(target.name, progress).path
+            if self.hv.is_running(target.domain_name):
+                return "already-running"
+            if target.subsystem is not Subsystem.ARTIFACTS:
+                raise InvalidInput(f"only the artifacts VM runs beside the foreground; "
+                                   f"'somnus activate {target.name}' brings it forward")
+            budget = self._budget()
+            need = self._need(target, budget)
+            if not self.settings.artifacts_overlay or not budget.fits(need):
+                limit = budget.limit_mib
+                raise InsufficientResources(
+                    f"'{target.name}' ({need} MiB) does not fit beside '{fg.name}' under the "
+                    f"{limit} MiB budget: 'somnus activate {target.name}' lets '{fg.name}' "
+                    "step back, or raise SOMNUS_MEMORY_BUDGET_MIB")
+            if progress:
+                progress(f"'{target.name}' comes up beside '{fg.name}' (overlay)")
+            return self._bring_up(target, NO_ENTRY, Laps(), progress)
 
     def _leaving(self, target: VMRecord) -> list[VMRecord]:
         """Running VMs that step back when ``target`` comes forward (they get paused)."""

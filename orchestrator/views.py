@@ -50,6 +50,7 @@ class VMView(BaseModel):
     image_hash: str
     ssh_port: int
     agent_port: int
+    web_port: int | None = None  # the artifacts VM's web artifacts (http://127.0.0.1:PORT/)
     created_at: datetime
     updated_at: datetime
     last_active_at: datetime

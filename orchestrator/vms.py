@@ -234,8 +234,9 @@ class VMService:
         with self.changing():
             image = self.check_new(name, image_ref, memory_mib, vcpus, subsystem)
             disks.require_free_space(self.settings.home, self.settings.min_free_disk_mib)
-            ssh_port, agent_port = allocate_ports(
-                2, self.settings.port_range_start, self.settings.port_range_end,
+            web = subsystem is Subsystem.ARTIFACTS  # web artifacts get a forward of their own
+            ssh_port, agent_port, *web_port = allocate_ports(
+                3 if web else 2, self.settings.port_range_start, self.settings.port_range_end,
                 self.store.used_ports(),
             )
             acceleration = accel.detect(self.settings.accel)
@@ -243,7 +244,7 @@ class VMService:
                 name=name, domain_name=self.domain_name(name), subsystem=subsystem,
                 memory_mib=memory_mib, vcpus=vcpus, accel=acceleration.mode.value,
                 image_hash=image.recipe_hash, vm_dir=str(self.paths(name).root),
-                ssh_port=ssh_port, agent_port=agent_port,
+                ssh_port=ssh_port, agent_port=agent_port, web_port=web_port[0] if web else None,
             )
             use_templates = from_template and self.settings.templates
             shape, facts = self.shape(subsystem, memory_mib, vcpus, image, acceleration)
@@ -296,7 +297,8 @@ class VMService:
         stand_in = VMRecord(
             name="shape", domain_name="shape", subsystem=subsystem, memory_mib=memory_mib,
             vcpus=vcpus, accel=acceleration.mode.value, image_hash=image.recipe_hash,
-            vm_dir="/shape", ssh_port=1, agent_port=2)
+            vm_dir="/shape", ssh_port=1, agent_port=2,
+            web_port=3 if subsystem is Subsystem.ARTIFACTS else None)
         domain = build_domain_xml(self._domain_spec(stand_in, image, acceleration,
                                                     VMPaths(Path("/shape"))))
         facts = {
@@ -467,6 +469,7 @@ class VMService:
             cmdline=image.kernel_cmdline, disk=paths.overlay, seed=paths.seed,
             serial_log=paths.serial_log, ssh_port=record.ssh_port,
             agent_port=record.agent_port, agent_guest_port=self.settings.agent_guest_port,
+            web_port=record.web_port, web_guest_port=self.settings.web_guest_port,
             vm_name=record.name, owner_home=str(self.settings.home),
             tb_cache_mib=self.settings.tb_cache_mib,
             ram_file=paths.ram if self.settings.ram_file else None,

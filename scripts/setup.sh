@@ -18,6 +18,7 @@ HOST_PACKAGES=(
   mmdebstrap e2fsprogs genisoimage openssh-client
   python3-venv python3-dev gcc g++ cmake make git patch
   wrk
+  chromium  # the tests' real browser (web artifacts; the app)
 )
 
 step() { printf '\n== %s\n' "$*"; }

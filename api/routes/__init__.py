@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from api.routes import chat, images, operations, projects, sessions, system, vms
+from api.routes import artifacts, chat, images, operations, projects, sessions, system, vms
 
 ROUTERS = [system.public, system.router, vms.router, chat.router, images.router,
-           operations.router, sessions.router, projects.router]
+           operations.router, sessions.router, projects.router, artifacts.router]

@@ -9,7 +9,9 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Response
+from fastapi.responses import StreamingResponse
 
+from api import sse
 from api.context import Ctx
 from api.models import (
     GcResult,
@@ -19,6 +21,7 @@ from api.models import (
     ProjectPath,
     ProjectRestore,
     ProjectSummary,
+    ProjectTest,
     RevertResult,
     SnapshotCreate,
     SnapshotPath,
@@ -31,6 +34,7 @@ router = APIRouter(prefix="/projects", tags=["projects"], **PROTECTED)
 # Bodies that may be left out (never mutated).
 NO_RESTORE_OPTIONS = ProjectRestore()
 NO_GC_OPTIONS = ProjectGc()
+NO_TEST_OPTIONS = ProjectTest()
 
 
 @router.get("")
@@ -118,6 +122,15 @@ def restore_project(name: ProjectPath, ctx: Ctx, response: Response,
         return {"project": name, "started": body.start}
 
     return accepted(ctx.ops.start("project restore", name, work), response)
+
+
+@router.post("/{name}/test", response_class=StreamingResponse, responses=sse.RUN_EVENTS)
+def test_project(name: ProjectPath, ctx: Ctx, body: ProjectTest = NO_TEST_OPTIONS,
+                 ) -> StreamingResponse:
+    """Run the project's tests (``command``, or detected) in a sandbox in the artifacts VM
+    on a copy of its HEAD; the run's events stream as from ``/artifacts/{name}/runs``."""
+    events = ctx.host.artifacts.test_project(name, body.command)
+    return sse.response(sse.model_events(events))
 
 
 @router.delete("/{name}", status_code=204)

@@ -28,6 +28,7 @@ class Language(StrEnum):
     CPP = "cpp"
     RUST = "rust"
     GO = "go"
+    HTML = "html"  # a static web artifact: opened, not run
 
 
 class NetworkMode(StrEnum):
@@ -51,9 +52,9 @@ class LimitName(StrEnum):
 class RunLimits(BaseModel):
     """Every limit of one run; ``default_limits`` gives a language's defaults."""
 
-    wall_s: float = Field(default=30, gt=0, le=3600, description="wall time of the run phase")
+    wall_s: float = Field(default=30, gt=0, le=86400, description="wall time of the run phase")
     compile_s: float = Field(default=300, gt=0, le=3600, description="wall time of compiling")
-    cpu_s: float = Field(default=30, gt=0, le=3600, description="CPU time, all processes")
+    cpu_s: float = Field(default=30, gt=0, le=86400, description="CPU time, all processes")
     memory_mib: int = Field(default=256, ge=16, le=65536)
     pids: int = Field(default=64, ge=4, le=4096, description="processes and threads at once")
     open_files: int = Field(default=256, ge=16, le=65536)
@@ -72,7 +73,12 @@ SOURCE_SUFFIXES: dict[Language, tuple[str, ...]] = {
     Language.CPP: (".cpp", ".cc", ".cxx"),
     Language.RUST: (".rs",),
     Language.GO: (".go",),
+    Language.HTML: (".html", ".htm"),
 }
+# Languages a web artifact's own server can be written in (others: static files only).
+WEB_SERVER_LANGUAGES = frozenset({Language.PYTHON, Language.JAVASCRIPT})
+WEB_GUEST_PORT = 8701  # where the artifacts VM serves the open web artifact
+WEB_APP_PORT = 8000  # the $PORT a web artifact's server listens on, inside its sandbox
 
 
 def source_files(language: Language, paths: list[str]) -> list[str]:
@@ -85,27 +91,30 @@ COMPILED = frozenset({Language.C, Language.CPP, Language.RUST, Language.GO})
 COMPILE_MEMORY_MIB = 768
 
 
-def default_limits(language: Language) -> RunLimits:
-    """A language's default limits (Go's runtime alone starts a dozen threads)."""
-    if language is Language.GO:
-        return RunLimits(pids=128)
-    return RunLimits()
+def default_limits(language: Language, web: bool = False) -> RunLimits:
+    """A language's default limits (Go's runtime alone starts a dozen threads); a web
+    artifact's server runs for up to 8 hours."""
+    limits = RunLimits(pids=128) if language is Language.GO else RunLimits()
+    if web:
+        limits = limits.model_copy(update={"wall_s": 8 * 3600.0, "cpu_s": 3600.0})
+    return limits
+
+
+# A relative path without '.', '..' or empty parts, not starting with '-'; no
+# lookarounds, so that pydantic and JSON Schema tools read it alike.
+_PART = r"(?:[^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+)"
+_FIRST = r"(?:[^/.\-][^/]*|\.[^/.][^/]*|\.\.[^/]+)"
+RELATIVE_PATH_PATTERN = rf"^{_FIRST}(?:/{_PART})*$"
 
 
 class SourceFile(BaseModel):
     """One file of the program, by relative path; text, or base64 for bytes."""
 
-    path: str = Field(min_length=1, max_length=255)
-    content: str
-    base64: bool = False
-
-    @field_validator("path")
-    @classmethod
-    def _relative(cls, value: str) -> str:
-        path = PurePosixPath(value)
-        if path.is_absolute() or ".." in path.parts or value.startswith("-"):
-            raise ValueError(f"'{value}' must be a relative path inside the artifact")
-        return path.as_posix()
+    # Strict: the REST API takes these as they are (no 0 for false, no number for text).
+    path: str = Field(min_length=1, max_length=255, strict=True, pattern=RELATIVE_PATH_PATTERN,
+                      description="relative, inside the artifact's folder")
+    content: str = Field(strict=True)
+    base64: bool = Field(default=False, strict=True)
 
 
 class RunRequest(BaseModel):
@@ -190,3 +199,22 @@ class RunEvent(BaseModel):
     data: str | None = None
     phase: RunPhase | None = None
     result: RunResult | None = None
+
+
+class WebMode(StrEnum):
+    STATIC = "static"  # files served by the agent
+    SERVER = "server"  # the artifact's own HTTP server, in a sandbox, on $PORT
+
+
+class WebRequest(RunRequest):
+    """Open a web artifact (replacing the one open): static files, or a server started
+    with ``$PORT`` set (``WEB_SERVER_LANGUAGES``)."""
+
+
+class WebStatus(BaseModel):
+    run_id: str
+    mode: WebMode
+    entry: str
+    started_at: float
+    running: bool = Field(description="static: always; server: its sandbox still runs")
+    result: RunResult | None = Field(default=None, description="a server's, once it ended")

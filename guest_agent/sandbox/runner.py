@@ -14,6 +14,7 @@ kills the whole cgroup when a limit is crossed, so the next run starts clean.
 
 from __future__ import annotations
 
+import base64
 import codecs
 import hashlib
 import os
@@ -26,11 +27,13 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from guest_agent.protocol.runs import (
     COMPILE_MEMORY_MIB,
     COMPILED,
     MAX_SOURCE_BYTES,
+    WEB_APP_PORT,
     Diagnostic,
     LimitName,
     ProducedFile,
@@ -63,6 +66,9 @@ ETC_FILES = {
     "nsswitch.conf": "passwd: files\ngroup: files\nhosts: files\n",
 }  # fmt: skip
 HOST_ETC = ("alternatives", "ld.so.cache", "localtime")  # bound read-only over the above
+RELAY = Path(__file__).with_name("relay.py")
+SANDBOX_RELAY = "/opt/relay.py"
+WEB_SOCKET = f"{BUILD}/web.sock"  # the relay's socket, as the sandbox sees it
 
 
 class SandboxError(Exception):
@@ -93,6 +99,14 @@ class RunFolder:
     def stdin(self) -> Path:
         return self.root / "stdin"
 
+    @property
+    def log(self) -> Path:
+        return self.root / "output.log"
+
+    @property
+    def web_socket(self) -> Path:
+        return self.build / WEB_SOCKET.removeprefix(f"{BUILD}/")
+
 
 Launcher = Callable[[RunFolder, list[str], dict[str, str], RunLimits], list[str]]
 
@@ -119,6 +133,7 @@ def bwrap_launcher(etc: Path) -> Launcher:
         for name in HOST_ETC:
             cmd += ["--ro-bind-try", f"/etc/{name}", f"/etc/{name}"]
         cmd += [
+            "--ro-bind", str(RELAY), SANDBOX_RELAY,
             "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
             "--bind", str(folder.work), WORK, "--bind", str(folder.build), BUILD,
             "--chdir", WORK, "--clearenv",
@@ -182,16 +197,21 @@ class Sandbox:
             raise SandboxError(f"entry '{request.entry}' is not one of the run's files")
         if sum(len(f.content) for f in request.files) > MAX_SOURCE_BYTES:
             raise SandboxError(f"the run's files are over {MAX_SOURCE_BYTES // 2**20} MiB")
+        return self._events(request, self._stage_in_slot(request))
+
+    def _stage_in_slot(self, request: RunRequest) -> RunFolder:
+        """Take a run slot (``SandboxBusy`` if none is free) and stage; the caller's
+        events give the slot back."""
         if not self._slots.acquire(blocking=False):
             raise SandboxBusy(f"{MAX_CONCURRENT_RUNS} runs are running: try again shortly")
         try:
-            folder = self._stage(request)
+            return self.stage(request)
         except BaseException:
             self._slots.release()
             raise
-        return self._events(request, folder)
 
-    def _stage(self, request: RunRequest) -> RunFolder:
+    def stage(self, request: RunRequest) -> RunFolder:
+        """The run's folder with its files written (refused if the id was used)."""
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self._prune()
         folder = self.folder(request.run_id)
@@ -203,11 +223,15 @@ class Sandbox:
         folder.build.mkdir()
         for source in request.files:
             target = folder.work / source.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            data = (codecs.decode(source.content.encode(), "base64") if source.base64
-                    else source.content.encode())  # fmt: skip
-            target.write_bytes(data)
-        folder.stdin.write_text(request.stdin)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                data = (base64.b64decode(source.content, validate=True) if source.base64
+                        else source.content.encode())  # fmt: skip
+                target.write_bytes(data)
+            except (ValueError, OSError) as exc:  # bad base64, lone surrogates, a file/dir clash
+                raise SandboxError(f"file {source.path!r} cannot be written: "
+                                   f"{type(exc).__name__}") from None
+        folder.stdin.write_bytes(request.stdin.encode(errors="replace"))
         # The sandbox user (UID 1000 inside) is the agent's user outside: same owner.
         return folder
 
@@ -233,11 +257,36 @@ class Sandbox:
         finally:
             self._slots.release()
 
+    def serve(self, request: RunRequest, cancel: threading.Event,
+              log_path: Path) -> tuple[RunFolder, Iterator[RunEvent]]:
+        """Start a web artifact's server: like a run, with ``$PORT`` set and the relay
+        beside it; ``cancel`` stops it. The events go on as long as it runs."""
+        folder = self._stage_in_slot(request)
+
+        def events() -> Iterator[RunEvent]:
+            try:
+                toolchain = TOOLCHAINS[request.language]
+                with log_path.open("a") as log:
+                    result = yield from _logged(self._compile_and_run(
+                        request, toolchain, folder, server=True, cancel=cancel), log)
+                yield RunEvent(kind=RunEventKind.RESULT, result=result)
+            finally:
+                self._slots.release()
+
+        return folder, events()
+
     def _compile_and_run(self, request: RunRequest, toolchain: Toolchain,
-                         folder: RunFolder) -> Generator[RunEvent, None, RunResult]:
+                         folder: RunFolder, server: bool = False,
+                         cancel: threading.Event | None = None,
+                         ) -> Generator[RunEvent, None, RunResult]:
         limits = request.limits
         env = {"PATH": PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "TMPDIR": "/tmp",
                **toolchain.env}  # fmt: skip
+        argv = [*toolchain.run(request.entry), *request.args]
+        if server:  # the relay bridges the agent's socket to $PORT in the sandbox's network
+            env["PORT"] = str(WEB_APP_PORT)
+            relay = f'python3 {SANDBOX_RELAY} {WEB_SOCKET} "$PORT" & exec "$@"'
+            argv = ["sh", "-c", relay, "sh", *argv]
         compile_s = None
         if toolchain.compile is not None and request.language in COMPILED:
             yield RunEvent(kind=RunEventKind.PHASE, phase=RunPhase.COMPILE)
@@ -248,29 +297,30 @@ class Sandbox:
                 "pids": max(limits.pids, 128)})  # fmt: skip
             built = yield from self._phase(f"{request.run_id}-compile", folder,
                                            toolchain.compile(request.entry, sources), env,
-                                           compile_limits, stdin=None)  # fmt: skip
+                                           compile_limits, stdin=None, cancel=cancel)  # fmt: skip
             compile_s = round(built.duration_s, 3)
             if built.returncode != 0 or built.limit is not None:
                 return _result(built, compile_s=compile_s, compiling=True,
                                diagnostics=toolchain.diagnostics("".join(built.text)))
         yield RunEvent(kind=RunEventKind.PHASE, phase=RunPhase.RUN)
-        ran = yield from self._phase(f"{request.run_id}-run", folder,
-                                     [*toolchain.run(request.entry), *request.args], env,
-                                     limits, stdin=folder.stdin)  # fmt: skip
+        ran = yield from self._phase(f"{request.run_id}-run", folder, argv, env, limits,
+                                     stdin=folder.stdin, cancel=cancel)
         return _result(ran, compile_s=compile_s)
 
     def _phase(self, name: str, folder: RunFolder, argv: list[str], env: dict[str, str],
-               limits: RunLimits, stdin: Path | None) -> Generator[RunEvent, None, _Phase]:
+               limits: RunLimits, stdin: Path | None, cancel: threading.Event | None = None,
+               ) -> Generator[RunEvent, None, _Phase]:
         group = self.jail.group(name, limits.memory_mib, limits.pids)
         try:
             return (yield from _watch(group, self.launcher(folder, argv, env, limits),
-                                      folder, limits, stdin))  # fmt: skip
+                                      folder, limits, stdin, cancel))  # fmt: skip
         finally:
             group.close()
 
 
 def _watch(group: RunGroup, argv: list[str], folder: RunFolder, limits: RunLimits,
-           stdin: Path | None) -> Generator[RunEvent, None, _Phase]:
+           stdin: Path | None, cancel: threading.Event | None = None,
+           ) -> Generator[RunEvent, None, _Phase]:
     """Start ``argv`` in ``group``, stream its output, stop it at the first limit crossed."""
     started = time.monotonic()
     with open(stdin or os.devnull, "rb") as stdin_file:
@@ -320,6 +370,8 @@ def _watch(group: RunGroup, argv: list[str], folder: RunFolder, limits: RunLimit
                     yield RunEvent(kind=streams[fd], data=data)
             now = time.monotonic()
             usage = group.usage()
+            if cancel is not None and cancel.is_set() and proc.poll() is None:
+                group.kill(proc)  # stopped by its user: no limit to report
             if usage.oom_kills:
                 stop(LimitName.MEMORY)
             elif usage.pids_refused:
@@ -356,6 +408,21 @@ def _watch(group: RunGroup, argv: list[str], folder: RunFolder, limits: RunLimit
                   peak_memory_mib=usage.peak_memory_mib, oom_killed=usage.oom_kills > 0,
                   stdout_bytes=counted[RunEventKind.STDOUT],
                   stderr_bytes=counted[RunEventKind.STDERR], text=text)  # fmt: skip
+
+
+def _logged(events: Generator[RunEvent, None, RunResult],
+            log: Any) -> Generator[RunEvent, None, RunResult]:
+    """Pass ``events`` on, writing each one's output to ``log`` as it comes."""
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as done:
+            result: RunResult = done.value
+            return result
+        if event.data:
+            log.write(event.data)
+            log.flush()
+        yield event
 
 
 def _sleep(seconds: float) -> list[tuple[selectors.SelectorKey, int]]:

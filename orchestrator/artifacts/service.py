@@ -1,7 +1,8 @@
 """Artifacts as the CLI and the API offer them: create, version, run in the artifacts VM.
 
 A run goes to the agent of the artifacts VM (``somnus vm create artifacts
---subsystem artifacts``; activated when it is not running), which runs it in a
+--subsystem artifacts``; brought up beside the foreground VM when it is not
+running: ``SwapEngine.overlay``), which runs it in a
 fresh sandbox (``guest_agent.sandbox``) and streams its events back. The host
 appends every event to ``<home>/artifacts/runs/<id>/events.jsonl`` as it comes,
 downloads the files the run produced into ``files/`` and records the outcome, so
@@ -12,17 +13,19 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import suppress
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
-from core.errors import Conflict, InvalidInput
+from core.errors import Conflict, GuestError, InvalidInput, NotFound
 from core.types import Progress
-from guest_agent.protocol import Subsystem
+from guest_agent.protocol import MemoryCreate, MemoryImportance, MemoryType, Subsystem
 from guest_agent.protocol.runs import (
     MAX_SOURCE_BYTES,
     SOURCE_SUFFIXES,
@@ -34,10 +37,20 @@ from guest_agent.protocol.runs import (
     RunRequest,
     RunResult,
     SourceFile,
+    WebMode,
+    WebRequest,
+    WebStatus,
     default_limits,
     source_files,
 )
 from orchestrator.agent_client import AgentClient
+from orchestrator.artifacts.export import SUFFIX, ExportFormat, export_entries, write_export
+from orchestrator.artifacts.repotests import (
+    TEST_LIMITS,
+    TEST_SCRIPT,
+    detect_test_command,
+    runner_script,
+)
 from orchestrator.artifacts.tables import (
     ArtifactKind,
     ArtifactRow,
@@ -46,12 +59,32 @@ from orchestrator.artifacts.tables import (
     ArtifactStore,
     ArtifactVersionRow,
 )
-from orchestrator.chat import ChatService
+from orchestrator.devsessions.fences import parse_fences
+from orchestrator.devsessions.languages import normalize_language
+from orchestrator.models import VMRecord
+from orchestrator.projects import ProjectService
+from orchestrator.swap import SwapEngine
+from orchestrator.vms import VMService
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+ARTIFACT_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
+NAME_RE = re.compile(ARTIFACT_NAME_PATTERN)
+# Literal paths beside /artifacts/{name} in the REST API.
+RESERVED_ARTIFACT_NAMES = frozenset({"runs", "web"})
+log = logging.getLogger(__name__)
 SKIPPED_DIRS = frozenset({".git", "__pycache__", "node_modules", "target", ".venv"})
+SUMMARY_STDERR_CHARS = 600  # of a failed run's stderr, in its memory
 # Produced files copied to the host per run; bigger ones stay in the VM's run folder.
 FETCH_MAX_BYTES = 64 * 1024 * 1024
+
+
+def check_artifact_name(name: str) -> str:
+    """``name`` if an artifact may have it, else a one-line ``InvalidInput``."""
+    if not NAME_RE.match(name):
+        raise InvalidInput(f"artifact name '{name}': use a-z, 0-9, '.', '_', '-' "
+                           "(up to 63, starting with a letter or digit)")
+    if name in RESERVED_ARTIFACT_NAMES:
+        raise InvalidInput(f"artifact name '{name}' is reserved (an action of the REST API)")
+    return name
 
 
 def read_sources(paths: list[Path]) -> list[SourceFile]:
@@ -80,34 +113,42 @@ def read_sources(paths: list[Path]) -> list[SourceFile]:
 
 def _source(name: str, data: bytes) -> SourceFile:
     try:
-        return SourceFile(path=name, content=data.decode())
+        text, encoded = data.decode(), False
     except UnicodeDecodeError:
-        return SourceFile(path=name, content=base64.b64encode(data).decode(), base64=True)
+        text, encoded = base64.b64encode(data).decode(), True
+    try:
+        return SourceFile(path=name, content=text, base64=encoded)
+    except ValidationError:
+        raise InvalidInput(f"'{name}' cannot be a file of an artifact: use a relative path "
+                           "without '.', '..' or a leading '-'") from None
 
 
 def pick_entry(language: Language, files: list[SourceFile], entry: str | None) -> str:
-    """The file a run starts from: given, the only source file, or ``main.<suffix>``."""
-    names = [f.path for f in files]
+    """The file a run starts from: the one given, else ``main.<suffix>``, else the first
+    source file of the language, else the first file."""
+    names = sorted(f.path for f in files)
     if entry is not None:
         if entry not in names:
-            raise InvalidInput(f"entry '{entry}' is not one of the files: {', '.join(names)}")
+            raise Conflict(f"entry '{entry}' is not one of the artifact's files: "
+                           f"{', '.join(names[:10])}")
         return entry
     sources = source_files(language, names)
-    if len(sources) == 1:
-        return sources[0]
-    for suffix in SOURCE_SUFFIXES[language]:
-        if f"main{suffix}" in sources:
-            return f"main{suffix}"
-    suffixes = "/".join(SOURCE_SUFFIXES[language])
-    raise InvalidInput(f"which file does a {language} run start from? none or several {suffixes} "
-                       "files and no main: name it with --entry")
+    for stem in ("index", "main") if language is Language.HTML else ("main",):
+        for suffix in SOURCE_SUFFIXES[language]:
+            if f"{stem}{suffix}" in sources:
+                return f"{stem}{suffix}"
+    return (sources or names)[0]
 
 
-def merge_limits(language: Language, overrides: dict[str, object]) -> RunLimits:
+def merge_limits(language: Language, overrides: dict[str, object], web: bool = False,
+                 ) -> RunLimits:
     """The language's defaults with the user's overrides, checked (one-line error)."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    if unknown := sorted(set(given) - set(RunLimits.model_fields)):
+        raise InvalidInput(f"unknown limit '{unknown[0]}' (limits: "
+                           f"{', '.join(RunLimits.model_fields)})")
     try:
-        return RunLimits.model_validate({**default_limits(language).model_dump(), **given})
+        return RunLimits.model_validate({**default_limits(language, web).model_dump(), **given})
     except ValidationError as exc:
         first = exc.errors()[0]
         raise InvalidInput(f"limit {first['loc'][0]}: {first['msg']}") from None
@@ -116,26 +157,51 @@ def merge_limits(language: Language, overrides: dict[str, object]) -> RunLimits:
 class ArtifactService:
     """Artifacts and their runs; the runs happen in the artifacts VM."""
 
-    def __init__(self, store: ArtifactStore, chat: ChatService, home: Path) -> None:
+    def __init__(self, store: ArtifactStore, vms: VMService, swap: SwapEngine, home: Path,
+                 projects: Callable[[], ProjectService] | None = None) -> None:
         self.store = store
-        self.chat = chat
+        self.vms = vms
+        self.swap = swap
         self.runs_dir = home / "artifacts" / "runs"
+        self._projects = projects
 
     # -- artifacts ------------------------------------------------------------------------
 
     def create(self, name: str, language: Language, files: list[SourceFile],
                entry: str | None = None, kind: ArtifactKind = ArtifactKind.PROGRAM,
                message: str = "created") -> ArtifactRow:
-        if not NAME_RE.match(name):
-            raise InvalidInput(f"artifact name '{name}': use a-z, 0-9, '.', '_', '-' "
-                               "(up to 63, starting with a letter or digit)")
+        check_artifact_name(name)
         if self.store.find(name) is not None:
             raise Conflict(f"an artifact named '{name}' exists already: "
                            f"'somnus artifact update {name} FILES' makes a new version")
+        if language is Language.HTML:
+            kind = ArtifactKind.WEB  # static pages are opened, never run
         row = ArtifactRow(name=name, kind=kind, language=language,
                           entry=pick_entry(language, files, entry))
         first = ArtifactVersionRow(artifact=name, number=1, files=_dump(files), message=message)
         return self.store.add(row, first)
+
+    def from_answer(self, answer: str, name: str | None = None) -> ArtifactRow | None:
+        """An artifact from a model answer's code blocks (None if it has no runnable one):
+        the first block in a language Somnus runs sets the language; every block of that
+        language becomes a file (its own file name, or ``main.<ext>``, ``main2.<ext>``…)."""
+        blocks = [(Language(lang), fence) for fence in parse_fences(answer)
+                  if (lang := normalize_language(fence.language)) in set(Language)]
+        if not blocks:
+            return None
+        language = blocks[0][0]
+        files: dict[str, SourceFile] = {}
+        for block_language, fence in blocks:
+            if block_language is not language:
+                continue
+            suffix = SOURCE_SUFFIXES[language][0]
+            path = fence.filename or f"main{len(files) + 1 if files else ''}{suffix}"
+            with suppress(ValidationError):  # a file name the sandbox could not take
+                files[path] = SourceFile(path=path, content=fence.content)
+        if not files:
+            return None
+        name = name or f"chat-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+        return self.create(name, language, list(files.values()), message="from a chat answer")
 
     def update(self, name: str, files: list[SourceFile], message: str = "") -> ArtifactVersionRow:
         """A new version with these files (the earlier ones are kept)."""
@@ -151,11 +217,45 @@ class ArtifactService:
 
     def artifacts_vm(self) -> str:
         """The VM runs go to: the (first) VM of the artifacts subsystem."""
-        vms = [vm for vm in self.chat.svc.store.list_vms() if vm.subsystem is Subsystem.ARTIFACTS]
+        vms = [vm for vm in self.vms.store.list_vms() if vm.subsystem is Subsystem.ARTIFACTS]
         if not vms:
             raise Conflict("no artifacts VM: create it with "
                            "'somnus vm create artifacts --subsystem artifacts'")
         return vms[0].name
+
+    def _vm_up(self, progress: Progress | None) -> VMRecord:
+        """The artifacts VM, running: brought up beside the foreground VM if need be."""
+        name = self.artifacts_vm()
+        record = self.vms.store.get_vm(name)
+        if not self.vms.hv.is_running(record.domain_name):
+            self.swap.overlay(name, progress)
+            record = self.vms.store.get_vm(name)
+        return record
+
+    # -- web artifacts ----------------------------------------------------------------------
+
+    def open(self, name: str, version: int | None = None,
+             progress: Progress | None = None) -> tuple[str, WebStatus]:
+        """Serve a web artifact from the artifacts VM (in place of the one open) while the
+        foreground VM keeps running; its URL on the host's loopback, and its status."""
+        artifact = self.store.get(name)
+        if artifact.kind is not ArtifactKind.WEB:
+            raise Conflict(f"'{name}' is a {artifact.kind}, not a web artifact: make one with "
+                           "'somnus artifact create NAME --kind web …'")
+        chosen = self.store.version(name, version)
+        request = WebRequest(run_id=new_run_id("web-"), language=artifact.language,
+                             files=chosen.sources(), entry=artifact.entry,
+                             limits=merge_limits(artifact.language, {}, web=True))
+        record = self._vm_up(progress)
+        status = self.vms.agent(record).web_open(request)
+        return web_url(record, artifact.entry if status.mode is WebMode.STATIC else ""), status
+
+    def close(self, progress: Progress | None = None) -> WebStatus:
+        """Stop serving the open web artifact."""
+        record = self.vms.store.get_vm(self.artifacts_vm())
+        if not self.vms.hv.is_running(record.domain_name):
+            raise NotFound("no web artifact is open: the artifacts VM is not running")
+        return self.vms.agent(record).web_stop()
 
     def run(self, name: str, version: int | None = None, stdin: str = "",
             args: list[str] | None = None, limits: dict[str, object] | None = None,
@@ -165,14 +265,15 @@ class ArtifactService:
         Refusals (unknown artifact, bad limits, no artifacts VM) raise before any event.
         """
         artifact = self.store.get(name)
+        if artifact.language is Language.HTML:
+            raise Conflict(f"'{name}' is a static web artifact: 'somnus artifact open {name}' "
+                           "serves it")
         chosen = self.store.version(name, version)
-        request = RunRequest(
-            run_id=f"{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}",
-            language=artifact.language, files=chosen.sources(), entry=artifact.entry,
-            args=args or [], stdin=stdin, limits=merge_limits(artifact.language, limits or {}),
-        )
-        record = self.chat.target(self.artifacts_vm(), progress)
-        agent = self.chat.svc.agent(record)
+        request = RunRequest(run_id=new_run_id(), language=artifact.language,
+                             files=chosen.sources(), entry=artifact.entry, args=args or [],
+                             stdin=stdin, limits=merge_limits(artifact.language, limits or {}))
+        record = self._vm_up(progress)
+        agent = self.vms.agent(record)
         events = agent.run_stream(request)
         first = next(events)  # the agent refuses (busy, no sandbox) before its first event
         run = self.store.save_run(ArtifactRunRow(id=request.run_id, artifact=name,
@@ -196,6 +297,7 @@ class ArtifactService:
             result = RunResult(outcome=RunOutcome.ERROR, duration_s=0.0,
                                error="the run's event stream ended without a result")
         self._fetch_files(run.id, result, agent)
+        self._remember(agent, run, result)
         run.outcome, run.limit, run.duration_s = result.outcome, result.limit, result.duration_s
         run.exit_code, run.signal = result.exit_code, result.signal
         run.result = result.model_dump_json()
@@ -204,6 +306,20 @@ class ArtifactService:
         ok = result.outcome is RunOutcome.OK
         self.store.set_status(run.artifact,
                               ArtifactStatus.COMPLETED if ok else ArtifactStatus.ERROR)
+
+    def _remember(self, agent: AgentClient, run: ArtifactRunRow, result: RunResult) -> None:
+        """The run's summary as a memory of the artifacts VM, so the model sees next time
+        what ran and how it ended (best effort: stored now, embedded in the background)."""
+        memory = MemoryCreate(
+            content=run_summary(run, result, self.events(run.id)),
+            memory_type=MemoryType.TOOL_RESULT, importance=MemoryImportance.LOW,
+            tags=["artifact-run", run.artifact],
+            metadata={"artifact": run.artifact, "version": run.version, "run_id": run.id,
+                      "outcome": result.outcome.value})  # fmt: skip
+        try:
+            agent.memory_add(memory, background=True)
+        except GuestError as exc:
+            log.warning("run %s: summary not stored as a memory: %s", run.id, exc)
 
     def _fetch_files(self, run_id: str, result: RunResult, agent: AgentClient) -> None:
         files = self.run_dir(run_id) / "files"
@@ -216,8 +332,67 @@ class ArtifactService:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(agent.run_file(run_id, produced.path))
 
+    # -- a project's tests ------------------------------------------------------------------
+
+    def test_project(self, project: str, command: str | None = None,
+                     progress: Progress | None = None) -> Iterator[RunEvent]:
+        """Run a project's tests in a sandbox on a copy of its HEAD, as a run of the
+        artifact ``<project>-tests`` (a new version per call, so every run is kept)."""
+        files = self._project_service().head_files(project, progress)
+        command = command or detect_test_command(files)
+        sources = [*(_source(path, data) for path, data in sorted(files.items())),
+                   SourceFile(path=TEST_SCRIPT, content=runner_script(command))]
+        name = f"{project}-tests"
+        message = f"HEAD of project '{project}': {command}"
+        if self.store.find(name) is None:
+            self.create(name, Language.BASH, sources, TEST_SCRIPT, message=message)
+        else:
+            self.update(name, sources, message)
+        return self.run(name, limits=TEST_LIMITS, progress=progress)
+
+    def _project_service(self) -> ProjectService:
+        if self._projects is None:
+            raise Conflict("projects are not wired into this host")
+        return self._projects()
+
+    # -- exports --------------------------------------------------------------------------
+
+    def _export_entries(self, name: str, version: int | None) -> tuple[int, dict[str, bytes]]:
+        artifact = self.store.get(name)
+        chosen = self.store.version(name, version)
+        runs = [r for r in self.store.runs(name) if r.version == chosen.number]
+        last = runs[-1] if runs else None
+        produced = self.run_dir(last.id) / "files" if last else None
+        return chosen.number, export_entries(artifact, chosen, last, produced)
+
+    def export(self, name: str, fmt: ExportFormat, dest: Path | None = None,
+               version: int | None = None) -> Path:
+        """Write a version (default: the latest) with its last run's files and a manifest."""
+        number, entries = self._export_entries(name, version)
+        dest = dest or Path.cwd() / f"{name}-v{number}{SUFFIX[fmt]}"
+        return write_export(entries, fmt, dest)
+
+    def export_to_project(self, name: str, project: str, version: int | None = None,
+                          progress: Progress | None = None) -> str:
+        """Commit the export under ``artifacts/<name>/`` in a project's repository (as
+        Somnus AI, undoable like any AI commit); the commit's hash."""
+        number, entries = self._export_entries(name, version)
+        files = {f"artifacts/{name}/{path}": data for path, data in entries.items()}
+        message = f"artifact {name} v{number}\n\nExported by Somnus from the artifacts VM."
+        return self._project_service().commit_files(project, files, message, progress)
+
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
+
+    def produced_file(self, run_id: str, path: str) -> Path:
+        """A file a run produced, as copied to the host (refusing paths outside the run)."""
+        self.store.run(run_id)
+        files = (self.run_dir(run_id) / "files").resolve()
+        target = (files / path).resolve()
+        if not target.is_relative_to(files) or not target.is_file():
+            raise NotFound(f"run '{run_id}' has no produced file '{path}' on the host "
+                           "(see its result's files)")
+        return target
 
     def events(self, run_id: str) -> list[RunEvent]:
         """A run's recorded events (``somnus artifact logs``)."""
@@ -227,6 +402,41 @@ class ArtifactService:
             return []
         return [RunEvent.model_validate_json(line) for line in log.read_text().splitlines()
                 if line.strip()]
+
+
+def new_run_id(prefix: str = "") -> str:
+    """A run's id: when it started, and 6 random hex digits."""
+    return f"{prefix}{datetime.now(UTC):%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def web_url(record: VMRecord, entry: str = "") -> str:
+    """Where the host's browser finds the artifacts VM's open web artifact."""
+    if record.web_port is None:
+        raise Conflict(f"VM '{record.name}' has no web port (made before web artifacts "
+                       "existed): delete and create the artifacts VM again")
+    page = "" if entry in ("", "index.html") else entry
+    return f"http://127.0.0.1:{record.web_port}/{page}"
+
+
+def run_summary(run: ArtifactRunRow, result: RunResult, events: list[RunEvent]) -> str:
+    """One paragraph: what ran, how it ended, and the error (the end of stderr) if any."""
+    how = {
+        RunOutcome.OK: "exited 0",
+        RunOutcome.FAILED: f"failed ({result.signal or f'exit {result.exit_code}'})",
+        RunOutcome.COMPILE_ERROR: "did not compile",
+        RunOutcome.LIMIT: f"was stopped by its {result.limit} limit",
+        RunOutcome.ERROR: f"could not run: {result.error}",
+    }[result.outcome]
+    text = f"Run {run.id} of artifact '{run.artifact}' version {run.version} {how}"
+    text += f" after {result.duration_s:.2f}s." if result.outcome is not RunOutcome.ERROR else "."
+    if result.diagnostics:
+        text += " Compiler: " + "; ".join(f"{d.file}:{d.line}: {d.message}"
+                                          for d in result.diagnostics[:5])
+    elif result.outcome is not RunOutcome.OK:
+        stderr = "".join(e.data or "" for e in events if e.kind is RunEventKind.STDERR)
+        if tail := stderr.strip()[-SUMMARY_STDERR_CHARS:]:
+            text += f" Error output ends: {tail}"
+    return text
 
 
 def _chain(first: RunEvent, rest: Iterator[RunEvent]) -> Iterator[RunEvent]:

@@ -8,6 +8,7 @@ credentials for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from git import Actor, GitCommandError, Repo
@@ -40,20 +41,26 @@ def commit_steps(repo: Repo, steps: Sequence[CommitStep]) -> list[str]:
     Each step's ``files`` is the session's whole tree after it; files the session
     never had are left alone, so steps can be added on top of an existing repo.
     """
+    return [
+        commit_files(repo, {path: text.encode() for path, text in step.files.items()},
+                     step.message, step.timestamp)
+        for step in steps
+    ]
+
+
+def commit_files(repo: Repo, files: dict[str, bytes], message: str, when: datetime) -> str:
+    """Write ``files`` into the work tree and commit them as Somnus AI; the new hash."""
     root = Path(repo.working_tree_dir or ".")
-    shas = []
-    for step in steps:
-        for path, content in step.files.items():
-            target = repo_path(root, path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content.encode())  # bytes: no newline translation
-        # GitPython's index ignores .gitignore: a session file is committed even if ignored.
-        repo.index.add(list(step.files))
-        when = f"{int(step.timestamp.timestamp())} +0000"  # git's own format: no parsing
-        commit = repo.index.commit(step.message, author=AI_AUTHOR, committer=AI_AUTHOR,
-                                   author_date=when, commit_date=when)
-        shas.append(commit.hexsha)
-    return shas
+    for path, data in files.items():
+        target = repo_path(root, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)  # bytes: no newline translation
+    # GitPython's index ignores .gitignore: a file is committed even if ignored.
+    repo.index.add(list(files))
+    stamp = f"{int(when.timestamp())} +0000"  # git's own format: no parsing
+    commit = repo.index.commit(message, author=AI_AUTHOR, committer=AI_AUTHOR,
+                               author_date=stamp, commit_date=stamp)
+    return commit.hexsha
 
 
 def source_url(source: str) -> str:

@@ -263,26 +263,8 @@ class ProjectService:
                 record = self._running(row, progress)
         else:
             record = self._running(self._active(project), progress)
-        remote = self._remote(record)
-        state = repo_state(remote)
-        require_clean(state, project)
-        if state.head and not state.branch:
-            raise Conflict(f"project '{project}' has a detached HEAD; check out a branch first")
-        branch = state.branch or row.branch
-        if progress:
-            progress(f"building {len(steps)} commits on the host")
-        with self._scratch() as scratch:
-            if state.head:
-                # Build on the VM's own history: fetch it, add the commits, send back the new ones.
-                source = export_bundle(remote, branch, scratch / "vm.bundle")
-                repo = Repo.clone_from(str(source), scratch / "repo", branch=branch)
-            else:
-                repo = gitrepo.init_repo(scratch / "repo", branch)
-            shas = gitrepo.commit_steps(repo, steps)
-            head = import_bundle(remote, gitrepo.bundle(repo, scratch / "in.bundle", branch,
-                                                        base=state.head), branch)
-        if head != shas[-1]:
-            raise GuestError(f"the VM's repository ended at {head[:8]}, not at {shas[-1][:8]}")
+        shas = self._commit_on_vm(record, row, lambda repo: gitrepo.commit_steps(repo, steps),
+                                  f"building {len(steps)} commits on the host", progress)
         sid = str(session_id)
         self.store.add_commits([
             ProjectCommitRow(project=project, sha=sha, kind=CommitKind.AI,
@@ -298,6 +280,64 @@ class ProjectService:
         items = memories.session_memories(promoted, project, notice)
         report = memories.store(self.svc.agent(record), items, self.memory_wait_s)
         return PromoteResult(project, session_id, created, shas, report)
+
+    def head_files(self, project: str, progress: Progress | None = None) -> dict[str, bytes]:
+        """Every file tracked at the project's HEAD, by path (read through a bundle)."""
+        row = self._active(project)
+        remote = self._remote(self._running(row, progress))
+        state = repo_state(remote)
+        if not state.head:
+            raise Conflict(f"project '{project}' has no commits yet")
+        if not state.branch:
+            raise Conflict(f"project '{project}' has a detached HEAD; check out a branch first")
+        with self._scratch() as scratch:
+            source = export_bundle(remote, state.branch, scratch / "vm.bundle")
+            repo = Repo.clone_from(str(source), scratch / "repo", branch=state.branch)
+            root = Path(repo.working_tree_dir or ".")
+            return {path: (root / path).read_bytes() for path in repo.git.ls_files().splitlines()
+                    if (root / path).is_file()}
+
+    def commit_files(self, project: str, files: dict[str, bytes], message: str,
+                     progress: Progress | None = None) -> str:
+        """One commit by Somnus AI adding or changing ``files`` in the project's repository
+        (on top of its branch); recorded as an AI commit, so it can be undone."""
+        row = self._active(project)
+        record = self._running(row, progress)
+        when = utcnow()
+        (sha,) = self._commit_on_vm(
+            record, row, lambda repo: [gitrepo.commit_files(repo, files, message, when)],
+            "building the commit on the host", progress)
+        self.store.add_commits([ProjectCommitRow(project=project, sha=sha, kind=CommitKind.AI,
+                                                 subject=_subject(message))])
+        return sha
+
+    def _commit_on_vm(self, record: VMRecord, row: ProjectRow,
+                      build: Callable[[Repo], list[str]], note: str,
+                      progress: Progress | None) -> list[str]:
+        """Commits made on the host (``build``) on top of the VM's branch, sent back as a
+        bundle; the VM's repository must be clean. Returns the new commits' hashes."""
+        project = row.name
+        remote = self._remote(record)
+        state = repo_state(remote)
+        require_clean(state, project)
+        if state.head and not state.branch:
+            raise Conflict(f"project '{project}' has a detached HEAD; check out a branch first")
+        branch = state.branch or row.branch
+        if progress:
+            progress(note)
+        with self._scratch() as scratch:
+            if state.head:
+                # Build on the VM's own history: fetch it, add the commits, send back the new ones.
+                source = export_bundle(remote, branch, scratch / "vm.bundle")
+                repo = Repo.clone_from(str(source), scratch / "repo", branch=branch)
+            else:
+                repo = gitrepo.init_repo(scratch / "repo", branch)
+            shas = build(repo)
+            head = import_bundle(remote, gitrepo.bundle(repo, scratch / "in.bundle", branch,
+                                                        base=state.head), branch)
+        if head != shas[-1]:
+            raise GuestError(f"the VM's repository ended at {head[:8]}, not at {shas[-1][:8]}")
+        return shas
 
     # -- git as the version store -------------------------------------------------------
 

@@ -28,7 +28,7 @@ EXPECTED_PATHS = {
     "/health", "/info", "/model", "/v1/models", "/v1/chat/completions", "/v1/embeddings",
     "/memory", "/memory/search", "/memory/export", "/memory/import", "/memory/flush",
     "/memory/x", "/prompt/last", "/prompt/profile", "/prompt/roles", "/openapi.json",
-    "/identity", "/runs", "/runs/x/files/x",
+    "/identity", "/runs", "/runs/x/files/x", "/web",
 }  # fmt: skip
 
 

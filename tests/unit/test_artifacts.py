@@ -4,17 +4,44 @@ agent, whose runner is the real one over a process group (``tests/fakes.py``).""
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import subprocess
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from core.errors import Conflict, InvalidInput, NotFound
+from core.errors import AlreadyExists, Conflict, InvalidInput, NotFound
 from guest_agent.protocol import Subsystem
-from guest_agent.protocol.runs import Language, RunEventKind, RunOutcome, SourceFile
-from orchestrator.artifacts.service import merge_limits, pick_entry, read_sources
-from orchestrator.artifacts.tables import ArtifactStatus
+from guest_agent.protocol.runs import (
+    Diagnostic,
+    Language,
+    LimitName,
+    RunEvent,
+    RunEventKind,
+    RunOutcome,
+    RunResult,
+    SourceFile,
+)
+from orchestrator.artifacts.export import ExportFormat
+from orchestrator.artifacts.repotests import detect_test_command
+from orchestrator.artifacts.service import (
+    ArtifactService,
+    merge_limits,
+    pick_entry,
+    read_sources,
+    run_summary,
+)
+from orchestrator.artifacts.tables import ArtifactRunRow, ArtifactStatus
 from orchestrator.host import Host
+from orchestrator.projects import ProjectService
+from orchestrator.projects.tables import ProjectRow
 from tests.conftest import ARTIFACTS_IMAGE
+from tests.fakes import agents_of
+from tests.unit.test_projects_git import LocalRemote
 
 
 def _files(**named: str) -> list[SourceFile]:
@@ -45,17 +72,18 @@ def test_versions_are_kept_and_each_can_be_read(host: Host) -> None:
         svc.store.version("calc", 3)
     with pytest.raises(Conflict, match="artifact update calc"):
         svc.create("calc", Language.PYTHON, _files(main_py=""))
-    with pytest.raises(InvalidInput, match=r"entry 'main\.py' is not one of the files"):
+    with pytest.raises(Conflict, match=r"entry 'main\.py' is not one of the artifact's files"):
         svc.update("calc", _files(other_py=""))
     with pytest.raises(InvalidInput, match="artifact name 'Bad Name'"):
         svc.create("Bad Name", Language.PYTHON, _files(main_py=""))
 
 
-def test_entry_is_picked_or_asked_for() -> None:
-    assert pick_entry(Language.PYTHON, _files(tool_py="", notes_txt=""), None) == "tool.py"
-    assert pick_entry(Language.C, _files(main_c="", util_c=""), None) == "main.c"
-    with pytest.raises(InvalidInput, match="--entry"):
-        pick_entry(Language.GO, _files(a_go="", b_go=""), None)
+def test_entry_is_given_or_picked() -> None:
+    assert pick_entry(Language.PYTHON, _files(notes_txt="", tool_py=""), None) == "tool.py"
+    assert pick_entry(Language.C, _files(util_c="", main_c=""), None) == "main.c"
+    assert pick_entry(Language.GO, _files(b_go="", a_go=""), None) == "a.go"
+    assert pick_entry(Language.GO, _files(b_go="", a_go=""), "b.go") == "b.go"
+    assert pick_entry(Language.BASH, _files(run_txt=""), None) == "run.txt"
 
 
 def test_limits_are_the_languages_defaults_with_checked_overrides() -> None:
@@ -93,6 +121,10 @@ def test_a_run_is_recorded_with_its_output_and_files(art_host: Host) -> None:
     assert (svc.run_dir(run.id) / "files" / "result.txt").read_text() == "data"
     assert [e.kind for e in svc.events(run.id)] == [e.kind for e in events]
     assert svc.store.get("job").status is ArtifactStatus.ERROR
+    # What ran and how it ended is a memory of the artifacts VM now.
+    (memory,) = agents_of(art_host).made["artifacts"].memories
+    assert memory.content.startswith(f"Run {run.id} of artifact 'job' version 1 failed (exit 2)")
+    assert memory.metadata["outcome"] == "failed" and "artifact-run" in memory.tags
 
 
 def test_running_without_an_artifacts_vm_says_how_to_make_one(host: Host) -> None:
@@ -100,3 +132,120 @@ def test_running_without_an_artifacts_vm_says_how_to_make_one(host: Host) -> Non
     with pytest.raises(Conflict, match="somnus vm create artifacts --subsystem artifacts"):
         list(host.artifacts.run("job"))
     assert host.artifacts.store.runs("job") == []
+
+
+def test_exports_carry_source_produced_files_and_a_manifest(art_host: Host,
+                                                            tmp_path: Path) -> None:
+    svc = art_host.artifacts
+    code = "open('chart.csv', 'w').write('x,y\\n1,2\\n')\n"
+    logo = SourceFile(path="logo.png", content="iVBORw0=", base64=True)
+    svc.create("chart", Language.PYTHON, [*_files(main_py=code), logo])
+    list(svc.run("chart"))
+    zipped = svc.export("chart", ExportFormat.ZIP, tmp_path / "c.zip")
+    with zipfile.ZipFile(zipped) as archive:
+        assert sorted(archive.namelist()) == ["manifest.json", "produced/chart.csv",
+                                              "source/logo.png", "source/main.py"]
+        manifest = json.loads(archive.read("manifest.json"))
+        assert archive.read("source/logo.png") == base64.b64decode("iVBORw0=")
+    assert (manifest["version"], manifest["last_run"]["outcome"]) == (1, "ok")
+    assert manifest["files"]["produced/chart.csv"] == hashlib.sha256(b"x,y\n1,2\n").hexdigest()
+    with tarfile.open(svc.export("chart", ExportFormat.TAR, tmp_path / "c.tar.gz")) as archive:
+        assert "produced/chart.csv" in archive.getnames()
+    folder = svc.export("chart", ExportFormat.DIR, tmp_path / "c")
+    assert (folder / "source" / "main.py").read_text() == code
+    with pytest.raises(AlreadyExists, match="exists already"):
+        svc.export("chart", ExportFormat.DIR, tmp_path / "c")
+    # A version never run exports without produced files.
+    svc.update("chart", _files(main_py="print(2)\n"))
+    with zipfile.ZipFile(svc.export("chart", ExportFormat.ZIP, tmp_path / "v2.zip")) as archive:
+        assert not [n for n in archive.namelist() if n.startswith("produced/")]
+        assert json.loads(archive.read("manifest.json"))["last_run"] is None
+
+
+@pytest.fixture
+def demo_project(art_host: Host, tmp_path: Path) -> tuple[ArtifactService, ProjectService, Path]:
+    """Artifacts wired to a project 'demo' whose VM's repository is a host folder."""
+    art_host.vms.create("demo", Subsystem.PROJECT, wait=False)
+    remote_root = tmp_path / "guests"
+    projects = ProjectService(art_host.vms, art_host.swap, art_host.project_store,
+                              art_host.sessions(), memory_wait_s=0,
+                              remote=lambda r: LocalRemote(str(remote_root / r.name)))
+    projects.store.add(ProjectRow(name="demo", vm_name="demo"))
+    svc = ArtifactService(art_host.artifacts.store, art_host.vms, art_host.swap,
+                          art_host.settings.home, projects=lambda: projects)
+    return svc, projects, remote_root / "demo"
+
+
+def test_export_into_a_project_is_an_undoable_ai_commit(
+    demo_project: tuple[ArtifactService, ProjectService, Path],
+) -> None:
+    svc, projects, repo = demo_project
+    svc.create("tool", Language.PYTHON, _files(main_py="print('tool')\n"))
+    sha = svc.export_to_project("tool", "demo")
+    assert (repo / "artifacts" / "tool" / "source" / "main.py").read_text() == "print('tool')\n"
+    log = subprocess.run(["git", "-C", str(repo), "log", "--format=%H %an %s"], text=True,
+                         capture_output=True, check=True).stdout
+    assert log.strip() == f"{sha} Somnus AI artifact tool v1"
+    assert [c.sha for c in projects.store.commits("demo")] == [sha]
+    projects.undo("demo")
+    assert not (repo / "artifacts" / "tool" / "source" / "main.py").exists()
+
+
+def test_a_run_summary_names_the_error() -> None:
+    run = ArtifactRunRow(id="r1", artifact="calc", version=3, vm_name="artifacts")
+    crashed = RunResult(outcome=RunOutcome.FAILED, exit_code=1, duration_s=0.5)
+    stderr = [RunEvent(kind=RunEventKind.STDERR, data="Traceback...\nZeroDivisionError: x\n")]
+    assert run_summary(run, crashed, stderr) == (
+        "Run r1 of artifact 'calc' version 3 failed (exit 1) after 0.50s. "
+        "Error output ends: Traceback...\nZeroDivisionError: x")
+    broken = RunResult(outcome=RunOutcome.COMPILE_ERROR, duration_s=0.0, diagnostics=[
+        Diagnostic(file="main.c", line=2, message="'x' undeclared")])
+    assert run_summary(run, broken, []).endswith("did not compile after 0.00s. "
+                                                 "Compiler: main.c:2: 'x' undeclared")
+    stopped = RunResult(outcome=RunOutcome.LIMIT, limit=LimitName.MEMORY, duration_s=2.0)
+    assert "was stopped by its memory limit" in run_summary(run, stopped, [])
+
+
+def test_the_test_command_is_detected_from_the_repository() -> None:
+    pytest_cmd = "python3 -m pytest -q -p no:cacheprovider"
+    assert detect_test_command({"src/app.py": b"", "tests/test_app.py": b""}) == pytest_cmd
+    assert detect_test_command({"pyproject.toml": b"[tool.pytest.ini_options]\n"}) == pytest_cmd
+    assert detect_test_command({"package.json": b'{"scripts": {"test": "node t.js"}}'}) == (
+        "node t.js")
+    assert detect_test_command({"Cargo.toml": b""}) == "cargo test --offline"
+    assert detect_test_command({"go.mod": b"module x\n"}) == "go test ./..."
+    assert detect_test_command({"Makefile": b"all:\n\ttrue\ntest: all\n\t./t\n"}) == "make test"
+    with pytest.raises(InvalidInput, match="give one after --"):
+        detect_test_command({"README.md": b"", "Makefile": b"all:\n"})
+
+
+def test_a_projects_tests_run_on_a_copy_of_its_head(
+    demo_project: tuple[ArtifactService, ProjectService, Path],
+) -> None:
+    svc, _, repo = demo_project
+    repo.mkdir(parents=True)
+    (repo / "data.txt").write_text("42\n")
+    (repo / "untracked.txt").write_text("not committed")
+    for args in (["init", "-q", "-b", "main"], ["add", "data.txt"],
+                 ["-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "one"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    events = list(svc.test_project("demo", "cat data.txt; ls untracked.txt"))
+    out = "".join(e.data or "" for e in events if e.kind is RunEventKind.STDOUT)
+    result = events[-1].result
+    assert out == "42\n" and result is not None and result.exit_code != 0  # untracked: absent
+    assert [r.version for r in svc.store.runs("demo-tests")] == [1]
+    list(svc.test_project("demo", "true"))  # each call is a new version, every run kept
+    assert [(r.version, r.outcome) for r in svc.store.runs("demo-tests")] == [
+        (1, RunOutcome.FAILED), (2, RunOutcome.OK)]
+
+
+def test_an_answers_code_blocks_become_an_artifact(host: Host) -> None:
+    answer = ("Here is the script:\n```python\nprint('hi')\n```\nAnd a helper:\n"
+              "```python util.py\ndef f():\n    return 1\n```\nRun it with:\n"
+              "```bash\npython3 main.py\n```\n")
+    row = host.artifacts.from_answer(answer, "hi")
+    assert row is not None and (row.language, row.entry) == (Language.PYTHON, "main.py")
+    files = {f.path: f.content for f in host.artifacts.store.version("hi").sources()}
+    assert files == {"main.py": "print('hi')\n", "util.py": "def f():\n    return 1\n"}
+    assert host.artifacts.from_answer("No code here, only `inline`.") is None
+    assert host.artifacts.from_answer("```text\nplain\n```\n") is None

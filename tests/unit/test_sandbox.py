@@ -107,8 +107,11 @@ def test_refusals_come_before_any_event(sandbox: Sandbox) -> None:
     _run(sandbox, _request("pass", run_id="same"))
     with pytest.raises(SandboxError, match="exists already"):
         sandbox.start(_request("pass", run_id="same"))
-    with pytest.raises(ValueError, match="relative path"):
-        SourceFile(path="../x.py", content="")
+    for bad in ("../x.py", "/etc/passwd", "a/../../b", "-rf", "a//b", "./x", "a/"):
+        with pytest.raises(ValueError, match="should match pattern"):
+            SourceFile(path=bad, content="")
+    for good in ("x.py", "src/main.rs", ".env", "..data/x", "a/.hidden"):
+        assert SourceFile(path=good, content="").path == good
     with pytest.raises(ValueError, match="run id"):
         _request("pass", run_id="Bad/Id")
 

@@ -115,6 +115,24 @@ def test_artifacts_overlay_stays_beside_the_foreground(host: Host, agents: Stand
     assert {v.name: v.tier for v in view.vms} == {"chat": "foreground", "artifacts": "overlay"}
 
 
+def test_the_artifacts_vm_comes_up_beside_the_foreground_or_says_who_would_step_back(
+    host: Host, agents: StandInAgents
+) -> None:
+    running_vm(host, "artifacts", Subsystem.ARTIFACTS)
+    running_vm(host, "chat")
+    host.swap.demote(host.store.get_vm("artifacts"), Tier.SAVED)
+    assert host.swap.overlay("artifacts") == "restored"
+    assert states(host.vms) == {"chat": VMState.RUNNING, "artifacts": VMState.RUNNING}
+    assert host.store.foreground() == "chat"  # the foreground did not change
+    assert host.swap.overlay("artifacts") == "already-running"
+    host.swap.demote(host.store.get_vm("artifacts"), Tier.SAVED)
+    meter_of(host).set(limit=1000, rss=700)  # room for one
+    with pytest.raises(InsufficientResources, match="'somnus activate artifacts' lets 'chat' "
+                                                    "step back"):
+        host.swap.overlay("artifacts")
+    assert states(host.vms)["chat"] is VMState.RUNNING
+
+
 def test_budget_saves_least_recently_used_to_make_room(host: Host, agents: StandInAgents) -> None:
     host.settings.policy = SwapPolicy.BUDGET
     for name in ("chat", "research", "artifacts"):

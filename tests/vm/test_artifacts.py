@@ -8,14 +8,17 @@ One artifacts VM (the ``artifacts`` image flavour) is shared by the whole file.
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from core.config import Settings
+from core.errors import Conflict
 from guest_agent.protocol import Subsystem
 from guest_agent.protocol.runs import (
     Language,
@@ -24,11 +27,15 @@ from guest_agent.protocol.runs import (
     RunOutcome,
     RunResult,
     SourceFile,
+    WebMode,
 )
 from images.builder import build_image
 from images.recipe import Flavour
 from orchestrator.artifacts.service import ArtifactService
+from orchestrator.artifacts.tables import ArtifactKind
 from orchestrator.host import Host
+from orchestrator.models import VMState
+from orchestrator.swap import Tier
 from tests.vm.cli import somnus
 
 pytestmark = pytest.mark.vm
@@ -248,3 +255,136 @@ def test_the_cli_streams_output_and_exits_with_the_outcome(
     missing = somnus(vm_env, "artifact", "run", "no-such-artifact")
     assert missing.returncode != 0 and missing.stderr.count("\n") == 1
     assert "no artifact named 'no-such-artifact'" in missing.stderr
+
+
+CHART_HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Sales</title></head>
+<body style="margin:0;background:#fff">
+<canvas id="chart" width="800" height="600"></canvas>
+<script>
+fetch("data.csv").then(r => r.text()).then(text => {
+  const rows = text.trim().split("\\n").slice(1).map(line => line.split(","));
+  const ctx = document.getElementById("chart").getContext("2d");
+  const top = Math.max(...rows.map(r => Number(r[1])));
+  rows.forEach((r, i) => {
+    const h = 500 * Number(r[1]) / top;
+    ctx.fillStyle = "#d62728";
+    ctx.fillRect(60 + i * 240, 550 - h, 160, h);
+  });
+  document.title = "drawn";
+});
+</script></body></html>
+"""
+CHART_CSV = "month,sales\njan,3\nfeb,7\nmar,5\n"
+
+
+def bar_heights(png: Path) -> list[int]:
+    """Heights in pixels of the red bars of a screenshot, left to right."""
+    from PIL import Image
+
+    image = Image.open(png).convert("RGB")
+    width, height = image.size
+    pixels = image.load()
+    assert pixels is not None
+    red = [sum(1 for y in range(height) if _is_red(pixels[x, y])) for x in range(width)]
+    bars: list[int] = []
+    inside = False
+    for count in red:
+        if count and not inside:
+            bars.append(count)
+        inside = bool(count)
+    return bars
+
+
+def _is_red(rgb: object) -> bool:
+    r, g, b = rgb  # type: ignore[misc]
+    return abs(r - 214) < 30 and abs(g - 39) < 30 and abs(b - 40) < 30
+
+
+def screenshot(url: str, dest: Path) -> Path:
+    """The page as Debian's chromium renders it, headless (fetches finished first)."""
+    subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
+                    f"--user-data-dir={dest.parent / 'chromium-profile'}",
+                    "--window-size=800,600", "--virtual-time-budget=10000",
+                    f"--screenshot={dest}", url],
+                   check=True, capture_output=True, timeout=120)  # fmt: skip
+    return dest
+
+
+def test_a_web_artifact_opens_beside_the_foreground_vm_and_draws_its_chart(
+    artifacts: ArtifactService, host: Host, booted_vm: str, tmp_path: Path
+) -> None:
+    host.swap.activate(booted_vm)
+    host.swap.demote(host.store.get_vm(ART_VM), Tier.SAVED)  # it must come back by itself
+    artifacts.create("sales", Language.HTML, [SourceFile(path="index.html", content=CHART_HTML),
+                                              SourceFile(path="data.csv", content=CHART_CSV)])
+    url, status = artifacts.open("sales")
+    assert status.mode is WebMode.STATIC and url.startswith("http://127.0.0.1:")
+    # Both run; the chat VM is still the foreground; the budget holds them.
+    for name in (booted_vm, ART_VM):
+        assert host.vms.lifecycle.current(host.store.get_vm(name)) is VMState.RUNNING
+    assert host.store.foreground() == booted_vm
+    assert host.lifecycle.budget().fits(0)
+    assert httpx.get(url + "data.csv", timeout=30).text == CHART_CSV
+    heights = bar_heights(screenshot(url, tmp_path / "chart.png"))
+    assert len(heights) == 3, heights  # one bar per row of the CSV
+    assert heights[1] == max(heights) and abs(heights[0] / heights[1] - 3 / 7) < 0.05
+    assert abs(heights[2] / heights[1] - 5 / 7) < 0.05
+
+
+SERVER_APP = """\
+import http.server, os
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = f"hello from {self.path} on port {os.environ['PORT']}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Hello).serve_forever()
+"""
+
+
+def test_a_web_artifact_with_its_own_server_runs_sandboxed_until_stopped(
+    artifacts: ArtifactService,
+) -> None:
+    artifacts.create("hello-app", Language.PYTHON,
+                     [SourceFile(path="app.py", content=SERVER_APP)], kind=ArtifactKind.WEB)
+    url, status = artifacts.open("hello-app")
+    assert status.mode is WebMode.SERVER
+    answer = httpx.get(url + "greet", timeout=60)
+    assert answer.text == "hello from /greet on port 8000"
+    stopped = artifacts.close()
+    assert stopped.run_id == status.run_id and not stopped.running
+    closed = httpx.get(url, timeout=30)
+    assert closed.status_code == 503 and "somnus artifact open" in closed.text
+    with pytest.raises(Conflict, match="'hello-python' is a program, not a web artifact"):
+        artifacts.open("hello-python")
+
+
+def test_a_projects_tests_run_in_a_sandbox_on_a_copy_of_its_head(
+    artifacts: ArtifactService, host: Host, tmp_path: Path
+) -> None:
+    source = tmp_path / "calc"
+    (source / "tests").mkdir(parents=True)
+    (source / "calc.py").write_text("def add(a, b):\n    return a + b\n")
+    (source / "tests" / "test_calc.py").write_text(
+        "import sys, os\nsys.path.insert(0, os.getcwd())\nfrom calc import add\n\n"
+        "def test_adds():\n    assert add(2, 2) == 4\n\n"
+        "def test_is_wrong_on_purpose():\n    assert add(2, 2) == 5\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "."],
+                 ["-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qm", "calc"]):
+        subprocess.run(["git", "-C", str(source), *args], check=True)
+    host.projects().create("calc", str(source), progress=print)
+    try:
+        events = list(artifacts.test_project("calc", progress=print))
+        out = "".join(e.data or "" for e in events if e.kind is RunEventKind.STDOUT)
+        result = events[-1].result
+        assert result is not None and result.outcome is RunOutcome.FAILED, out
+        assert "1 failed, 1 passed" in out and "test_is_wrong_on_purpose" in out
+        (run,) = artifacts.store.runs("calc-tests")
+        assert run.exit_code == 1
+    finally:
+        host.projects().delete("calc")
