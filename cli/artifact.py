@@ -14,7 +14,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from cli.common import Clock, JsonFlag, emit_json, err, host, out
-from guest_agent.protocol.runs import Language, RunEvent, RunEventKind, RunOutcome, RunResult
+from core.errors import InvalidInput
+from guest_agent.protocol.runs import (
+    Language,
+    NetworkMode,
+    RunEvent,
+    RunEventKind,
+    RunOutcome,
+    RunResult,
+)
 from orchestrator.artifacts.export import ExportFormat
 from orchestrator.artifacts.service import ArtifactService, read_sources
 from orchestrator.artifacts.tables import ArtifactKind, ArtifactRow, ArtifactRunRow
@@ -47,14 +55,23 @@ def _run_dict(row: ArtifactRunRow) -> dict[str, Any]:
 @artifact_app.command("create")
 def artifact_create(
     name: NameArg,
-    paths: PathsArg,
-    lang: Annotated[Language, typer.Option("--lang", help="The language it is written in.")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files or folders with the code.")]
+    = None,
+    lang: Annotated[Language | None, typer.Option("--lang",
+                                                  help="The language it is written in.")] = None,
     entry: Annotated[str | None, typer.Option(help="The file a run starts from.")] = None,
     kind: Annotated[ArtifactKind, typer.Option(help="What it is.")] = ArtifactKind.PROGRAM,
+    from_session: Annotated[str | None, typer.Option(
+        "--from-session", help="Take the code blocks of this dev session instead.")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Create an artifact from files or a folder (version 1)."""
-    row = artifacts().create(name, lang, read_sources(paths), entry, kind)
+    """Create an artifact (version 1) from files or a folder, or a dev session's code."""
+    if from_session is not None:
+        row = artifacts().from_session(from_session, name)
+    elif paths and lang is not None:
+        row = artifacts().create(name, lang, read_sources(paths), entry, kind)
+    else:
+        raise InvalidInput("give the files and --lang, or --from-session ID")
     if as_json:
         emit_json(_artifact_dict(row))
     else:
@@ -123,6 +140,9 @@ def artifact_run(
     arg: Annotated[list[str] | None, typer.Option("--arg", help="An argument (repeat).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Wall-time limit, seconds.")] = None,
     memory: Annotated[int | None, typer.Option(help="Memory limit, MiB.")] = None,
+    network: Annotated[NetworkMode, typer.Option(
+        help="off: loopback only (the guest itself has no outside network).")]
+    = NetworkMode.OFF,
     as_json: JsonFlag = False,
 ) -> None:
     """Run an artifact in a fresh sandbox; output streams as it comes.
@@ -131,7 +151,8 @@ def artifact_run(
     sandbox failed, 1 for a compile error.
     """
     events = artifacts().run(name, version, stdin=stdin.read_text() if stdin else "",
-                             args=arg or [], limits={"wall_s": timeout, "memory_mib": memory},
+                             args=arg or [], limits={"wall_s": timeout, "memory_mib": memory,
+                                                     "network": network},
                              progress=None if as_json else Clock())  # fmt: skip
     report_run(events, as_json)
 
@@ -218,9 +239,12 @@ def artifact_open(
 
 
 @artifact_app.command("stop")
-def artifact_stop(as_json: JsonFlag = False) -> None:
+def artifact_stop(
+    name: Annotated[str | None, typer.Argument(help="Only if it is the open one.")] = None,
+    as_json: JsonFlag = False,
+) -> None:
     """Stop serving the open web artifact."""
-    status = artifacts().close()
+    status = artifacts().close(name)
     if as_json:
         emit_json(status.model_dump(mode="json"))
     else:
@@ -265,7 +289,8 @@ def artifact_logs(
 @artifact_app.command("export")
 def artifact_export(
     name: NameArg,
-    fmt: Annotated[ExportFormat, typer.Option("--format", help="zip, tar (.tar.gz) or dir.")]
+    fmt: Annotated[ExportFormat, typer.Option(
+        "--format", help="zip, tar (.tar.gz), dir, or html (a static web artifact, one page).")]
     = ExportFormat.ZIP,
     output: Annotated[Path | None, typer.Option("-o", "--output",
                                                 help="Where (default: ./NAME-vN.zip…).")] = None,

@@ -64,7 +64,8 @@ class Host:
         self.vms.prepare = self.swap.recover
         self.chat = ChatService(self.vms, self.swap, notes=self.project_store.take_note)
         self.artifacts = ArtifactService(ArtifactStore(self.engine), self.vms, self.swap,
-                                         settings.home, projects=self.projects)
+                                         settings.home, projects=self.projects,
+                                         sessions=self.sessions)
 
     @classmethod
     def from_env(cls) -> Host:

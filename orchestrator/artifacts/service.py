@@ -44,7 +44,13 @@ from guest_agent.protocol.runs import (
     source_files,
 )
 from orchestrator.agent_client import AgentClient
-from orchestrator.artifacts.export import SUFFIX, ExportFormat, export_entries, write_export
+from orchestrator.artifacts.export import (
+    SUFFIX,
+    ExportFormat,
+    export_entries,
+    single_html,
+    write_export,
+)
 from orchestrator.artifacts.repotests import (
     TEST_LIMITS,
     TEST_SCRIPT,
@@ -59,7 +65,8 @@ from orchestrator.artifacts.tables import (
     ArtifactStore,
     ArtifactVersionRow,
 )
-from orchestrator.devsessions.fences import parse_fences
+from orchestrator.devsessions import DevSessionManager
+from orchestrator.devsessions.fences import Fence, parse_fences
 from orchestrator.devsessions.languages import normalize_language
 from orchestrator.models import VMRecord
 from orchestrator.projects import ProjectService
@@ -158,12 +165,14 @@ class ArtifactService:
     """Artifacts and their runs; the runs happen in the artifacts VM."""
 
     def __init__(self, store: ArtifactStore, vms: VMService, swap: SwapEngine, home: Path,
-                 projects: Callable[[], ProjectService] | None = None) -> None:
+                 projects: Callable[[], ProjectService] | None = None,
+                 sessions: Callable[[], DevSessionManager] | None = None) -> None:
         self.store = store
         self.vms = vms
         self.swap = swap
         self.runs_dir = home / "artifacts" / "runs"
         self._projects = projects
+        self._sessions = sessions
 
     # -- artifacts ------------------------------------------------------------------------
 
@@ -182,10 +191,29 @@ class ArtifactService:
         return self.store.add(row, first)
 
     def from_answer(self, answer: str, name: str | None = None) -> ArtifactRow | None:
-        """An artifact from a model answer's code blocks (None if it has no runnable one):
-        the first block in a language Somnus runs sets the language; every block of that
-        language becomes a file (its own file name, or ``main.<ext>``, ``main2.<ext>``…)."""
-        blocks = [(Language(lang), fence) for fence in parse_fences(answer)
+        """An artifact from a model answer's code blocks (None if it has no runnable one)."""
+        return self.from_blocks(parse_fences(answer), name or f"chat-{new_run_id()}",
+                                "from a chat answer")
+
+    def from_session(self, session: str, name: str) -> ArtifactRow:
+        """An artifact from a dev session's code blocks, each at its latest version."""
+        if self._sessions is None:
+            raise Conflict("dev sessions are not wired into this host")
+        manager = self._sessions()
+        sid = manager.resolve_session_id(session)
+        blocks = [Fence(b.language, b.content, b.filename)
+                  for b in manager.get_session(sid).code_blocks.values()]
+        row = self.from_blocks(blocks, name, f"from dev session {str(sid)[:8]}")
+        if row is None:
+            raise InvalidInput(f"dev session {str(sid)[:8]} has no code in a language "
+                               f"Somnus runs ({', '.join(Language)})")
+        return row
+
+    def from_blocks(self, fences: list[Fence], name: str, message: str) -> ArtifactRow | None:
+        """The first block in a language Somnus runs sets the language; every block of that
+        language becomes a file (its own file name, or ``main.<ext>``, ``main2.<ext>``…).
+        None when no block is in such a language."""
+        blocks = [(Language(lang), fence) for fence in fences
                   if (lang := normalize_language(fence.language)) in set(Language)]
         if not blocks:
             return None
@@ -200,8 +228,7 @@ class ArtifactService:
                 files[path] = SourceFile(path=path, content=fence.content)
         if not files:
             return None
-        name = name or f"chat-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-        return self.create(name, language, list(files.values()), message="from a chat answer")
+        return self.create(name, language, list(files.values()), message=message)
 
     def update(self, name: str, files: list[SourceFile], message: str = "") -> ArtifactVersionRow:
         """A new version with these files (the earlier ones are kept)."""
@@ -248,14 +275,33 @@ class ArtifactService:
                              limits=merge_limits(artifact.language, {}, web=True))
         record = self._vm_up(progress)
         status = self.vms.agent(record).web_open(request)
-        return web_url(record, artifact.entry if status.mode is WebMode.STATIC else ""), status
+        url = web_url(record, artifact.entry if status.mode is WebMode.STATIC else "")
+        self._web_file.parent.mkdir(parents=True, exist_ok=True)
+        self._web_file.write_text(json.dumps({"artifact": name, "run_id": status.run_id,
+                                              "url": url}))
+        return url, status
 
-    def close(self, progress: Progress | None = None) -> WebStatus:
-        """Stop serving the open web artifact."""
+    @property
+    def _web_file(self) -> Path:
+        """Which artifact is open on the web port (the agent knows only its run id)."""
+        return self.runs_dir.parent / "open-web.json"
+
+    def close(self, name: str | None = None, progress: Progress | None = None) -> WebStatus:
+        """Stop serving the open web artifact (``name``: only if it is that one)."""
+        if name is not None:
+            try:
+                opened = json.loads(self._web_file.read_text())["artifact"]
+            except (OSError, ValueError, KeyError):
+                opened = None
+            if opened != name:
+                raise NotFound(f"'{name}' is not the open web artifact"
+                               + (f" ('{opened}' is)" if opened else ""))
         record = self.vms.store.get_vm(self.artifacts_vm())
         if not self.vms.hv.is_running(record.domain_name):
             raise NotFound("no web artifact is open: the artifacts VM is not running")
-        return self.vms.agent(record).web_stop()
+        status = self.vms.agent(record).web_stop()
+        self._web_file.unlink(missing_ok=True)
+        return status
 
     def run(self, name: str, version: int | None = None, stdin: str = "",
             args: list[str] | None = None, limits: dict[str, object] | None = None,
@@ -370,6 +416,15 @@ class ArtifactService:
         """Write a version (default: the latest) with its last run's files and a manifest."""
         number, entries = self._export_entries(name, version)
         dest = dest or Path.cwd() / f"{name}-v{number}{SUFFIX[fmt]}"
+        if fmt is ExportFormat.HTML:
+            artifact = self.store.get(name)
+            if artifact.language is not Language.HTML:
+                raise Conflict(f"'{name}' is not a static web artifact: export it as zip, "
+                               "tar or dir")
+            source = {path.removeprefix("source/"): data for path, data in entries.items()
+                      if path.startswith("source/")}
+            entries = {dest.name: single_html(artifact.entry, source)}
+            return write_export(entries, ExportFormat.HTML, dest)
         return write_export(entries, fmt, dest)
 
     def export_to_project(self, name: str, project: str, version: int | None = None,

@@ -41,7 +41,7 @@ from orchestrator.projects import ProjectService
 from orchestrator.projects.tables import ProjectRow
 from tests.conftest import ARTIFACTS_IMAGE
 from tests.fakes import agents_of
-from tests.unit.test_projects_git import LocalRemote
+from tests.unit.test_projects_git import LocalRemote, fence
 
 
 def _files(**named: str) -> list[SourceFile]:
@@ -249,3 +249,33 @@ def test_an_answers_code_blocks_become_an_artifact(host: Host) -> None:
     assert files == {"main.py": "print('hi')\n", "util.py": "def f():\n    return 1\n"}
     assert host.artifacts.from_answer("No code here, only `inline`.") is None
     assert host.artifacts.from_answer("```text\nplain\n```\n") is None
+
+
+def test_a_static_web_artifact_exports_as_one_page(host: Host, tmp_path: Path) -> None:
+    svc = host.artifacts
+    page = ('<html><head><link rel="stylesheet" href="style.css"></head><body>'
+            '<script src="./app.js"></script></body></html>')
+    svc.create("site", Language.HTML, [
+        SourceFile(path="index.html", content=page), SourceFile(path="app.js", content="go();"),
+        SourceFile(path="style.css", content="body{margin:0}"),
+        SourceFile(path="data.csv", content="a,1\n")])
+    html = svc.export("site", ExportFormat.HTML, tmp_path / "site.html").read_text()
+    assert "<script>go();</script>" in html and "<style>body{margin:0}</style>" in html
+    assert base64.b64encode(b"a,1\n").decode() in html  # served to fetch() by the shim
+    assert "app.js" not in html.split("</script>", 1)[1]  # inlined, not referenced
+    svc.create("prog", Language.PYTHON, _files(main_py=""))
+    with pytest.raises(Conflict, match="not a static web artifact"):
+        svc.export("prog", ExportFormat.HTML, tmp_path / "prog.html")
+
+
+def test_a_dev_sessions_code_becomes_an_artifact(host: Host) -> None:
+    sessions = host.sessions()
+    sid = sessions.create_session("ann", title="tool").dev_session_id
+    sessions.record_turn(sid, "write it", fence("tool.py", "print(1)\n"))
+    sessions.record_turn(sid, "better", fence("tool.py", "print(2)\n"))
+    row = host.artifacts.from_session(str(sid)[:8], "tool")
+    assert (row.language, row.entry) == (Language.PYTHON, "tool.py")
+    assert host.artifacts.store.version("tool").sources()[0].content == "print(2)\n"
+    empty = sessions.create_session("ann", title="nothing").dev_session_id
+    with pytest.raises(InvalidInput, match="has no code in a language Somnus runs"):
+        host.artifacts.from_session(str(empty), "nothing")

@@ -18,11 +18,12 @@ import httpx
 import pytest
 
 from core.config import Settings
-from core.errors import Conflict
+from core.errors import Conflict, NotFound
 from guest_agent.protocol import Subsystem
 from guest_agent.protocol.runs import (
     Language,
     LimitName,
+    RunEvent,
     RunEventKind,
     RunOutcome,
     RunResult,
@@ -31,6 +32,7 @@ from guest_agent.protocol.runs import (
 )
 from images.builder import build_image
 from images.recipe import Flavour
+from orchestrator.artifacts.export import ExportFormat
 from orchestrator.artifacts.service import ArtifactService
 from orchestrator.artifacts.tables import ArtifactKind
 from orchestrator.host import Host
@@ -51,6 +53,11 @@ def artifacts(host: Host, settings: Settings) -> Iterator[ArtifactService]:
         yield host.artifacts
     finally:
         host.vms.delete(ART_VM)
+
+
+def stdout(events: Iterator[RunEvent]) -> str:
+    """A run's standard output, joined (a print may arrive in several chunks)."""
+    return "".join(e.data or "" for e in events if e.kind is RunEventKind.STDOUT)
 
 
 def _run(svc: ArtifactService, name: str, language: Language, files: dict[str, str],
@@ -232,10 +239,8 @@ def test_produced_files_stdin_args_and_the_recorded_run(
     assert (run.outcome, run.exit_code, run.version) == (RunOutcome.OK, 0, 1)
     # A new version runs the new code; the old one can still be run.
     artifacts.update("report", [SourceFile(path="main.py", content="print('v2')\n")], "v2")
-    assert [e.data for e in artifacts.run("report") if e.kind is RunEventKind.STDOUT] == ["v2\n"]
-    old = [e.data for e in artifacts.run("report", version=1, stdin="x")
-           if e.kind is RunEventKind.STDOUT]
-    assert old == ["wrote report.csv\n"]
+    assert stdout(artifacts.run("report")) == "v2\n"
+    assert stdout(artifacts.run("report", version=1, stdin="x")) == "wrote report.csv\n"
 
 
 def test_the_cli_streams_output_and_exits_with_the_outcome(
@@ -356,7 +361,9 @@ def test_a_web_artifact_with_its_own_server_runs_sandboxed_until_stopped(
     assert status.mode is WebMode.SERVER
     answer = httpx.get(url + "greet", timeout=60)
     assert answer.text == "hello from /greet on port 8000"
-    stopped = artifacts.close()
+    with pytest.raises(NotFound, match=r"'sales' is not the open web artifact \('hello-app' is\)"):
+        artifacts.close("sales")
+    stopped = artifacts.close("hello-app")
     assert stopped.run_id == status.run_id and not stopped.running
     closed = httpx.get(url, timeout=30)
     assert closed.status_code == 503 and "somnus artifact open" in closed.text
@@ -380,7 +387,7 @@ def test_a_projects_tests_run_in_a_sandbox_on_a_copy_of_its_head(
     host.projects().create("calc", str(source), progress=print)
     try:
         events = list(artifacts.test_project("calc", progress=print))
-        out = "".join(e.data or "" for e in events if e.kind is RunEventKind.STDOUT)
+        out = stdout(iter(events))
         result = events[-1].result
         assert result is not None and result.outcome is RunOutcome.FAILED, out
         assert "1 failed, 1 passed" in out and "test_is_wrong_on_purpose" in out
@@ -388,3 +395,11 @@ def test_a_projects_tests_run_in_a_sandbox_on_a_copy_of_its_head(
         assert run.exit_code == 1
     finally:
         host.projects().delete("calc")
+
+
+def test_the_dashboard_exported_as_one_page_draws_the_same_chart_from_disk(
+    artifacts: ArtifactService, tmp_path: Path
+) -> None:
+    page = artifacts.export("sales", ExportFormat.HTML, tmp_path / "sales.html")
+    heights = bar_heights(screenshot(page.as_uri(), tmp_path / "offline.png"))
+    assert len(heights) == 3 and abs(heights[0] / heights[1] - 3 / 7) < 0.05
