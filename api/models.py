@@ -50,7 +50,7 @@ from guest_agent.protocol.runs import (
     WebStatus,
 )
 from images.recipe import Flavour
-from orchestrator.artifacts.service import (
+from orchestrator.artifacts.sources import (
     ARTIFACT_NAME_PATTERN,
     RESERVED_ARTIFACT_NAMES,
     check_artifact_name,

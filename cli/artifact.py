@@ -24,7 +24,8 @@ from guest_agent.protocol.runs import (
     RunResult,
 )
 from orchestrator.artifacts.export import ExportFormat
-from orchestrator.artifacts.service import ArtifactService, read_sources
+from orchestrator.artifacts.service import ArtifactService
+from orchestrator.artifacts.sources import read_sources
 from orchestrator.artifacts.tables import ArtifactKind, ArtifactRow, ArtifactRunRow
 
 artifact_app = typer.Typer(

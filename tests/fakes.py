@@ -34,8 +34,9 @@ from guest_agent.protocol import (
     Subsystem,
 )
 from guest_agent.protocol.runs import RunEvent, RunLimits, RunRequest
+from guest_agent.sandbox.bwrap import RunFolder
 from guest_agent.sandbox.cgroups import ProcessGroupJail
-from guest_agent.sandbox.runner import RunFolder, Sandbox, SandboxBusy
+from guest_agent.sandbox.runner import Sandbox, SandboxBusy
 from orchestrator import eviction
 from orchestrator.budget import BudgetView
 from orchestrator.host import Host

@@ -11,10 +11,8 @@ downloads the files the run produced into ``files/`` and records the outcome, so
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import suppress
@@ -27,12 +25,10 @@ from core.errors import Conflict, GuestError, InvalidInput, NotFound
 from core.types import Progress
 from guest_agent.protocol import MemoryCreate, MemoryImportance, MemoryType, Subsystem
 from guest_agent.protocol.runs import (
-    MAX_SOURCE_BYTES,
     SOURCE_SUFFIXES,
     Language,
     RunEvent,
     RunEventKind,
-    RunLimits,
     RunOutcome,
     RunRequest,
     RunResult,
@@ -40,8 +36,6 @@ from guest_agent.protocol.runs import (
     WebMode,
     WebRequest,
     WebStatus,
-    default_limits,
-    source_files,
 )
 from orchestrator.agent_client import AgentClient
 from orchestrator.artifacts.export import (
@@ -56,6 +50,13 @@ from orchestrator.artifacts.repotests import (
     TEST_SCRIPT,
     detect_test_command,
     runner_script,
+)
+from orchestrator.artifacts.sources import (
+    check_artifact_name,
+    dump_files,
+    merge_limits,
+    pick_entry,
+    source_file,
 )
 from orchestrator.artifacts.tables import (
     ArtifactKind,
@@ -73,92 +74,10 @@ from orchestrator.projects import ProjectService
 from orchestrator.swap import SwapEngine
 from orchestrator.vms import VMService
 
-ARTIFACT_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,62}$"
-NAME_RE = re.compile(ARTIFACT_NAME_PATTERN)
-# Literal paths beside /artifacts/{name} in the REST API.
-RESERVED_ARTIFACT_NAMES = frozenset({"runs", "web"})
 log = logging.getLogger(__name__)
-SKIPPED_DIRS = frozenset({".git", "__pycache__", "node_modules", "target", ".venv"})
 SUMMARY_STDERR_CHARS = 600  # of a failed run's stderr, in its memory
 # Produced files copied to the host per run; bigger ones stay in the VM's run folder.
 FETCH_MAX_BYTES = 64 * 1024 * 1024
-
-
-def check_artifact_name(name: str) -> str:
-    """``name`` if an artifact may have it, else a one-line ``InvalidInput``."""
-    if not NAME_RE.match(name):
-        raise InvalidInput(f"artifact name '{name}': use a-z, 0-9, '.', '_', '-' "
-                           "(up to 63, starting with a letter or digit)")
-    if name in RESERVED_ARTIFACT_NAMES:
-        raise InvalidInput(f"artifact name '{name}' is reserved (an action of the REST API)")
-    return name
-
-
-def read_sources(paths: list[Path]) -> list[SourceFile]:
-    """Files given on the command line: a file by its name, a folder by its contents."""
-    found: dict[str, SourceFile] = {}
-    total = 0
-    for given in paths:
-        if not given.exists():
-            raise InvalidInput(f"no such file or folder: {given}")
-        if given.is_dir():
-            items = [(p, p.relative_to(given).as_posix()) for p in sorted(given.rglob("*"))
-                     if p.is_file() and not SKIPPED_DIRS & set(p.relative_to(given).parts)]
-        else:
-            items = [(given, given.name)]
-        for path, name in items:
-            data = path.read_bytes()
-            total += len(data)
-            if total > MAX_SOURCE_BYTES:
-                raise InvalidInput(f"the artifact's files are over {MAX_SOURCE_BYTES // 2**20} "
-                                   "MiB: leave out build output and data sets")
-            found[name] = _source(name, data)
-    if not found:
-        raise InvalidInput("no files given: name a file or a folder with the artifact's code")
-    return list(found.values())
-
-
-def _source(name: str, data: bytes) -> SourceFile:
-    try:
-        text, encoded = data.decode(), False
-    except UnicodeDecodeError:
-        text, encoded = base64.b64encode(data).decode(), True
-    try:
-        return SourceFile(path=name, content=text, base64=encoded)
-    except ValidationError:
-        raise InvalidInput(f"'{name}' cannot be a file of an artifact: use a relative path "
-                           "without '.', '..' or a leading '-'") from None
-
-
-def pick_entry(language: Language, files: list[SourceFile], entry: str | None) -> str:
-    """The file a run starts from: the one given, else ``main.<suffix>``, else the first
-    source file of the language, else the first file."""
-    names = sorted(f.path for f in files)
-    if entry is not None:
-        if entry not in names:
-            raise Conflict(f"entry '{entry}' is not one of the artifact's files: "
-                           f"{', '.join(names[:10])}")
-        return entry
-    sources = source_files(language, names)
-    for stem in ("index", "main") if language is Language.HTML else ("main",):
-        for suffix in SOURCE_SUFFIXES[language]:
-            if f"{stem}{suffix}" in sources:
-                return f"{stem}{suffix}"
-    return (sources or names)[0]
-
-
-def merge_limits(language: Language, overrides: dict[str, object], web: bool = False,
-                 ) -> RunLimits:
-    """The language's defaults with the user's overrides, checked (one-line error)."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    if unknown := sorted(set(given) - set(RunLimits.model_fields)):
-        raise InvalidInput(f"unknown limit '{unknown[0]}' (limits: "
-                           f"{', '.join(RunLimits.model_fields)})")
-    try:
-        return RunLimits.model_validate({**default_limits(language, web).model_dump(), **given})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidInput(f"limit {first['loc'][0]}: {first['msg']}") from None
 
 
 class ArtifactService:
@@ -187,7 +106,8 @@ class ArtifactService:
             kind = ArtifactKind.WEB  # static pages are opened, never run
         row = ArtifactRow(name=name, kind=kind, language=language,
                           entry=pick_entry(language, files, entry))
-        first = ArtifactVersionRow(artifact=name, number=1, files=_dump(files), message=message)
+        first = ArtifactVersionRow(artifact=name, number=1, files=dump_files(files),
+                                   message=message)
         return self.store.add(row, first)
 
     def from_answer(self, answer: str, name: str | None = None) -> ArtifactRow | None:
@@ -234,7 +154,7 @@ class ArtifactService:
         """A new version with these files (the earlier ones are kept)."""
         row = self.store.get(name)
         pick_entry(row.language, files, row.entry)  # the entry must still be there
-        return self.store.add_version(name, _dump(files), message)
+        return self.store.add_version(name, dump_files(files), message)
 
     def delete(self, name: str) -> None:
         self.store.get(name)
@@ -386,7 +306,7 @@ class ArtifactService:
         artifact ``<project>-tests`` (a new version per call, so every run is kept)."""
         files = self._project_service().head_files(project, progress)
         command = command or detect_test_command(files)
-        sources = [*(_source(path, data) for path, data in sorted(files.items())),
+        sources = [*(source_file(path, data) for path, data in sorted(files.items())),
                    SourceFile(path=TEST_SCRIPT, content=runner_script(command))]
         name = f"{project}-tests"
         message = f"HEAD of project '{project}': {command}"
@@ -499,5 +419,3 @@ def _chain(first: RunEvent, rest: Iterator[RunEvent]) -> Iterator[RunEvent]:
     yield from rest
 
 
-def _dump(files: list[SourceFile]) -> str:
-    return json.dumps([f.model_dump() for f in files])

@@ -28,19 +28,15 @@ from guest_agent.protocol.runs import (
 )
 from orchestrator.artifacts.export import ExportFormat
 from orchestrator.artifacts.repotests import detect_test_command
-from orchestrator.artifacts.service import (
-    ArtifactService,
-    merge_limits,
-    pick_entry,
-    read_sources,
-    run_summary,
-)
+from orchestrator.artifacts.service import ArtifactService, run_summary
+from orchestrator.artifacts.sources import merge_limits, pick_entry, read_sources
 from orchestrator.artifacts.tables import ArtifactRunRow, ArtifactStatus
 from orchestrator.host import Host
 from orchestrator.projects import ProjectService
 from orchestrator.projects.tables import ProjectRow
 from tests.conftest import ARTIFACTS_IMAGE
 from tests.fakes import agents_of
+from tests.unit.conftest import AUTH, ClientFactory, chat_body
 from tests.unit.test_projects_git import LocalRemote, fence
 
 
@@ -279,3 +275,20 @@ def test_a_dev_sessions_code_becomes_an_artifact(host: Host) -> None:
     empty = sessions.create_session("ann", title="nothing").dev_session_id
     with pytest.raises(InvalidInput, match="has no code in a language Somnus runs"):
         host.artifacts.from_session(str(empty), "nothing")
+
+
+def test_the_real_models_answer_becomes_an_artifact_that_runs(
+    art_host: Host, make_agent_client: ClientFactory
+) -> None:
+    # SmolLM2 on the host, in an artifacts agent (the adaptive prompt): greedy, so the
+    # answer is the same each time; in a TCG guest one such turn takes minutes.
+    agent, _ = make_agent_client(Subsystem.ARTIFACTS)
+    body = chat_body("Write a Python script that prints hello world. Answer with one code "
+                     "block.", max_tokens=60)
+    answer = agent.post("/v1/chat/completions", json=body, headers=AUTH).json()
+    row = art_host.artifacts.from_answer(answer["choices"][0]["message"]["content"], "hello")
+    assert row is not None and row.language is Language.PYTHON
+    events = list(art_host.artifacts.run("hello"))
+    assert events[-1].result is not None and events[-1].result.outcome is RunOutcome.OK
+    out = "".join(e.data or "" for e in events if e.kind is RunEventKind.STDOUT)
+    assert "hello world" in out.lower()

@@ -39,6 +39,7 @@ from orchestrator.host import Host
 from orchestrator.models import VMState
 from orchestrator.swap import Tier
 from tests.vm.cli import somnus
+from tests.vm.conftest import VM_NAME
 
 pytestmark = pytest.mark.vm
 
@@ -53,6 +54,10 @@ def artifacts(host: Host, settings: Settings) -> Iterator[ArtifactService]:
         yield host.artifacts
     finally:
         host.vms.delete(ART_VM)
+        # The tests here move the shared chat VM out of the foreground (a project VM comes
+        # and goes); the modules after this one expect it running, as they found it.
+        if host.store.find_vm(VM_NAME) is not None:
+            host.swap.activate(VM_NAME)
 
 
 def stdout(events: Iterator[RunEvent]) -> str:
