@@ -24,6 +24,11 @@ from typing import Protocol
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 CONTROLLERS = "+memory +pids"
 EMPTY_WAIT_S = 5.0
+# Left to the agent and the system when runs take memory: a run that reaches the VM's
+# own limit would make the kernel reclaim the agent's pages (seconds without an answer)
+# long before the run's own limit fires. All runs together stay under what was free.
+AGENT_RESERVE_MIB = 192
+RUNS_MIN_MIB = 64
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +54,14 @@ class RunGroup(Protocol):
 
 class Jail(Protocol):
     def group(self, name: str, memory_mib: int, pids: int) -> RunGroup: ...
+
+
+def available_mib(meminfo: Path = Path("/proc/meminfo")) -> int:
+    """The kernel's estimate of memory available without swapping, in MiB."""
+    for line in meminfo.read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) // 1024
+    raise OSError(f"no MemAvailable in {meminfo}")
 
 
 def _read_keyed(path: Path) -> dict[str, int]:
@@ -142,6 +155,9 @@ class CgroupJail:
         (self.root / "cgroup.subtree_control").write_text(CONTROLLERS)
         self.runs.mkdir(exist_ok=True)
         (self.runs / "cgroup.subtree_control").write_text(CONTROLLERS)
+        cap = max(RUNS_MIN_MIB, available_mib() - AGENT_RESERVE_MIB)
+        (self.runs / "memory.max").write_text(str(cap * 1024 * 1024))
+        log.info("sandbox: runs may use %d MiB together", cap)
         for stale in self.runs.iterdir():  # runs of an agent that was killed
             if stale.is_dir():
                 remove_cgroup(stale)

@@ -24,7 +24,7 @@ from guest_agent.protocol.runs import (
     SourceFile,
 )
 from guest_agent.sandbox import toolchains
-from guest_agent.sandbox.cgroups import ProcessGroupJail
+from guest_agent.sandbox.cgroups import ProcessGroupJail, available_mib
 from guest_agent.sandbox.runner import (
     KEEP_RUNS,
     Sandbox,
@@ -150,3 +150,9 @@ def test_compiler_diagnostics_are_parsed() -> None:
         ("main.rs", 2, "cannot find value `y` in this scope")]
     go = "# command-line-arguments\n./main.go:4:2: undefined: fmt.Printx\n"
     assert [(d.file, d.line, d.column) for d in toolchains.parse_go(go)] == [("main.go", 4, 2)]
+
+
+def test_the_memory_runs_may_share_is_read_from_meminfo(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:        1000000 kB\nMemAvailable:     524288 kB\n")
+    assert available_mib(meminfo) == 512
