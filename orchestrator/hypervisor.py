@@ -42,6 +42,32 @@ _IGNORE_SHARED = "x-ignore-shared"
 _STATE_FD = "somnus-state"
 # libvirt's QEMU driver state folder is owned by the user its QEMU processes run as.
 _QEMU_STATE_DIR = Path("/var/lib/libvirt/qemu")
+# Where libvirt's QEMU driver keeps each domain's log: QEMU's own last words on a crash.
+_QEMU_LOG_DIR = Path("/var/log/libvirt/qemu")
+
+# Why a domain is not running, in words a failing test or a user can act on.
+_STATE_WORDS = {
+    libvirt.VIR_DOMAIN_PAUSED: "paused",
+    libvirt.VIR_DOMAIN_SHUTDOWN: "shutting down",
+    libvirt.VIR_DOMAIN_SHUTOFF: "shut off",
+    libvirt.VIR_DOMAIN_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended by the guest",
+}
+_REASON_WORDS = {
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR):
+        "a disk I/O error: is the host's disk full?",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER): "by a client",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_SAVE): "while saving",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_MIGRATION): "migrating or restoring",
+    (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_CRASHED): "the guest crashed",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN): "the guest powered off",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED): "destroyed",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED): "QEMU died",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SAVED): "saved",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED): "it failed to start",
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DAEMON): "libvirtd lost it",
+    (libvirt.VIR_DOMAIN_CRASHED, libvirt.VIR_DOMAIN_CRASHED_PANICKED): "the guest kernel panicked",
+}
 
 
 # libvirt-python raises SystemError (caused by a UnicodeDecodeError) when an error
@@ -51,6 +77,17 @@ LibvirtFailure = (libvirt.libvirtError, SystemError)
 
 def _capability(on: bool) -> dict[str, Any]:
     return {"capabilities": [{"capability": _IGNORE_SHARED, "state": on}]}
+
+
+def _last_line(path: Path, max_chars: int = 240) -> str:
+    """The last non-empty line of a (possibly large, possibly missing) log file."""
+    try:
+        with path.open("rb") as log:
+            log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+            lines = log.read().decode(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return lines[-1][:max_chars] if lines else ""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -400,6 +437,22 @@ class Hypervisor:
             return self.state(name) is VMState.RUNNING
         except NotFound:
             return False
+
+    def why_down(self, name: str) -> str | None:
+        """None while the domain runs; otherwise its state, libvirt's reason and the last
+        line QEMU logged (a crash, a signal, a full disk say so there)."""
+        try:
+            code, reason = self._lookup(name).state()
+        except NotFound:
+            return "its domain is gone"
+        if code in _RUNNING_STATES:
+            return None
+        words = _STATE_WORDS.get(code, f"in state {code}")
+        if because := _REASON_WORDS.get((code, reason)):
+            words += f" ({because})"
+        if last := _last_line(_QEMU_LOG_DIR / f"{name}.log"):
+            words += f"; QEMU's log ends: {last}"
+        return words
 
     def is_active(self, name: str) -> bool:
         """True while a QEMU process exists for the domain (running or paused)."""

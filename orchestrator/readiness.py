@@ -52,7 +52,7 @@ def cloud_init_done(status_json: str | None) -> bool:
 def wait_ready(
     vm_name: str,
     stages: list[Stage],
-    alive: Callable[[], bool],
+    why_down: Callable[[], str | None],
     log_path: str,
     progress: Progress | None = None,
     poll_s: float = 1.0,
@@ -60,7 +60,8 @@ def wait_ready(
     """Pass every stage in order; return the seconds each took.
 
     Raises :class:`ReadinessTimeout` naming the stage and the serial log, or a
-    :class:`GuestError` at once if the domain dies on the way.
+    :class:`GuestError` at once if the domain dies on the way (``why_down`` says why;
+    None while it runs).
     """
     timings: dict[str, float] = {}
     for stage in stages:
@@ -69,10 +70,9 @@ def wait_ready(
         while True:
             if stage.check():
                 break
-            if not alive():
-                raise GuestError(
-                    f"VM '{vm_name}' stopped during stage '{stage.name}'; serial log: {log_path}"
-                )
+            if (why := why_down()) is not None:
+                raise GuestError(f"VM '{vm_name}' stopped during stage '{stage.name}': {why}; "
+                                 f"serial log: {log_path}")
             if time.monotonic() >= deadline:
                 raise ReadinessTimeout(vm_name, stage.name, stage.timeout_s, log_path)
             time.sleep(poll_s)

@@ -284,7 +284,7 @@ class SwapEngine:
         answers = probe or (lambda: self.vms.agent_answers(record, timeout_s=2))
         return wait_ready(
             record.name, [Stage("agent", timeout_s, answers)],
-            alive=lambda: self.hv.is_running(record.domain_name),
+            why_down=lambda: self.hv.why_down(record.domain_name),
             log_path=str(self.vms.paths(record.name).serial_log), poll_s=0.05,
         )["agent"]
 

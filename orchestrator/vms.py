@@ -193,7 +193,7 @@ class VMService:
             timings = wait_ready(
                 record.name,
                 self._stages(record, restored),
-                alive=lambda: self.hv.is_running(record.domain_name),
+                why_down=lambda: self.hv.why_down(record.domain_name),
                 log_path=str(self.paths(record.name).serial_log),
                 progress=progress,
             )

@@ -13,6 +13,7 @@ from core.config import Settings
 from core.errors import (
     AlreadyExists,
     Conflict,
+    GuestError,
     HypervisorUnavailable,
     InsufficientResources,
     InvalidInput,
@@ -168,3 +169,18 @@ def test_a_snapshot_description_libvirt_cannot_store_is_refused(
         service: VMService, description: str) -> None:
     with pytest.raises(InvalidInput, match="snapshot description"):
         service.snapshot_create("anyvm", "before", description)
+
+
+def test_a_vm_that_dies_while_booting_is_reported_with_why(service: VMService) -> None:
+    """A domain that stops during readiness fails at once, saying how it stopped."""
+    record, _ = service.create("chat", Subsystem.CHAT, wait=False)
+    assert service.hv.why_down(record.domain_name) is None
+    service.hv.pause(record.domain_name)
+    assert service.hv.why_down(record.domain_name) == "paused (by a client)"
+    service.hv.stop(record.domain_name, force=True)
+    with pytest.raises(GuestError, match=r"stopped during stage 'domain running': "
+                                         r"shut off \(destroyed\); serial log: "):
+        service.wait_ready(record)
+    assert service.store.find_vm("chat").state is VMState.ERROR  # type: ignore[union-attr]
+    service.delete("chat")
+    assert service.hv.why_down(record.domain_name) == "its domain is gone"
