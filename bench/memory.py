@@ -1,7 +1,14 @@
-"""Memory benchmark: insert rate, search p50/p99 and recall@10 against exact search.
+"""Memory benchmark: retrieval quality, insert rate, search p50/p99 and recall@10.
 
-Two parts, printed as ONE JSON line:
-- ``real``: N texts embedded by the real model (SmolLM2, mean pooling) and added
+Three parts, printed as ONE JSON line:
+- ``quality``: Python's manual (``bench.pydoc``: 36 pages, 80 questions, each answered by
+  one known passage) stored as memories, chunked, and searched by each retriever:
+  keyword (BM25), vector and hybrid, with the embedding models side by side (MiniLM, the
+  default; SmolLM2's mean-pooled states, the old default). Recall@5 and MRR@10 count a
+  hit when its chunk contains the answer. SmolLM2 embeds ~25x slower, so the side-by-side
+  runs on the set's tutorial pages of at most 3,100 words (12 pages, 19 questions) unless
+  ``--side-by-side full``; MiniLM and keywords also run on the full set.
+- ``real``: N texts embedded by the real model (MiniLM) and added
   one by one through ``MemoryManager.add`` (embed + SQLite + FAISS), then
   searched with real query embeddings.
 - ``scale``: 10k and 100k memories at the model's embedding width with
@@ -11,6 +18,7 @@ Two parts, printed as ONE JSON line:
   an exact ``faiss.IndexFlatIP`` over the same vectors; search times include
   the SQLite lookup of the hits.
 Usage: python -m bench.memory [--sizes 10000 100000] [--queries 200] [--real 200]
+                              [--quality full|side-by-side|none] [--side-by-side small|full]
 """
 
 from __future__ import annotations
@@ -29,6 +37,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+from bench import pydoc, retrieval
+from core.config import load_settings
 from guest_agent.memory.manager import MemoryManager, SearchFilter, content_hash
 from guest_agent.memory.store import expiry
 from guest_agent.protocol import (
@@ -38,11 +48,15 @@ from guest_agent.protocol import (
     MemoryImportance,
     MemoryRecord,
     MemorySearchRequest,
+    MemoryType,
+    RetrievalMode,
 )
-from guest_agent.runtime import Embeddings, ModelRuntime
+from guest_agent.runtime import Embeddings, ModelRuntime, default_model_path
+from images.embedder import ensure_embedder
 
 K = 10
 BATCH = 1000
+SIDE_BY_SIDE_WORDS = 3100
 TOPICS = ["the garden", "the budget", "a trip to Lisbon", "the database migration", "dinner",
           "the quarterly report", "a bug in the parser", "the new laptop", "running shoes",
           "the team offsite", "a chess opening", "the sourdough starter"]  # fmt: skip
@@ -53,11 +67,14 @@ class PrecomputedVectors:
     """Stands in for the model when the scale runs supply their own (synthetic) vectors."""
 
     def __init__(self, dim: int) -> None:
-        self.model_id = f"synthetic-{dim}"
+        self.embedding_model_id = f"synthetic-{dim}"
         self.embedding_dim = dim
 
     def embed(self, texts: Sequence[str], truncate: bool) -> Embeddings:
         raise RuntimeError("the scale benchmark passes vectors explicitly")
+
+    def fits_embedding(self, text: str, spare: int = 0) -> bool:
+        return True  # its texts are a few words
 
 
 def percentiles(samples_ms: list[float]) -> dict[str, float]:
@@ -79,6 +96,11 @@ def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -
     return vectors.astype(np.float32)
 
 
+def memory_type(i: int) -> MemoryType:
+    """Every fourth synthetic memory is a conversation turn: the filtered searches' set."""
+    return MemoryType.CONVERSATION if i % 4 == 0 else MemoryType.CORE_FACT
+
+
 def records(n: int, start: int, now: float) -> list[MemoryRecord]:
     out = []
     for i in range(start, start + n):
@@ -86,6 +108,7 @@ def records(n: int, start: int, now: float) -> list[MemoryRecord]:
         out.append(
             MemoryRecord(
                 content=content,
+                memory_type=memory_type(i),
                 memory_id=uuid.uuid4().hex,
                 content_hash=content_hash(content),
                 created_at=now,
@@ -107,25 +130,37 @@ def scale_run(n: int, kind: IndexKind, vectors: np.ndarray, queries: np.ndarray)
                 records(min(BATCH, n - start), start, now), vectors[start : start + BATCH]
             )
         insert_s = time.perf_counter() - started
-        exact = faiss.IndexFlatIP(vectors.shape[1])
-        exact.add(vectors)
-        _, truth = exact.search(queries, K)
-        latencies, found = [], []
-        for q in queries:
-            t0 = time.perf_counter()
-            hits = memory.search_vector(q, K, SearchFilter())
-            latencies.append((time.perf_counter() - t0) * 1000)
-            # "synthetic memory {i}": i is the row in ``vectors``.
-            found.append([int(h.memory.content.rsplit(" ", 1)[1]) for h in hits])
+        plain = searches(memory, queries, vectors, SearchFilter(), np.arange(n))
+        conversations = np.arange(0, n, 4)  # memory_type(i)
+        only = SearchFilter(memory_types=frozenset({MemoryType.CONVERSATION}))
+        filtered = searches(memory, queries, vectors, only, conversations)
         memory.store.close()
         return {
             "n": n,
             "index": kind.value,
             "vectors": "synthetic clustered",
             "insert_per_s": round(n / insert_s, 1),
-            **percentiles(latencies),
-            "recall_at_10": recall(found, truth),
+            **plain,
+            "filtered": {"filter": "memory_types=[conversation] (1 in 4)", **filtered},
         }
+
+
+def searches(memory: MemoryManager, queries: np.ndarray, vectors: np.ndarray,
+             wanted: SearchFilter, rows: np.ndarray) -> dict[str, float]:
+    """Search each query; latency percentiles and recall@10 against exact search over
+    the rows the filter lets through."""
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors[rows])
+    _, positions = exact.search(queries, K)
+    truth = rows[positions]
+    latencies, found = [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        hits = memory.search_vector(q, K, wanted)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        # "synthetic memory {i}": i is the row in ``vectors``.
+        found.append([int(h.memory.content.rsplit(" ", 1)[1]) for h in hits])
+    return {**percentiles(latencies), "recall_at_10": recall(found, truth)}
 
 
 def real_run(runtime: ModelRuntime, n: int, n_queries: int) -> dict[str, Any]:
@@ -151,24 +186,50 @@ def real_run(runtime: ModelRuntime, n: int, n_queries: int) -> dict[str, Any]:
         memory.close()
     return {
         "n": n,
-        "vectors": f"real ({runtime.model_id}, mean pooling)",
+        "vectors": f"real ({runtime.embedding_model_id})",
         "add_per_s": round(n / insert_s, 2),
         **percentiles(latencies),
         "note": "add and search include embedding the text on the model",
     }
 
 
+def quality(args: argparse.Namespace, minilm: ModelRuntime, threads: int) -> dict[str, Any]:
+    """MiniLM and keywords on the full set; the side-by-side with SmolLM2 (see the module)."""
+    docs = pydoc.load()
+    out: dict[str, Any] = {"corpus": docs.corpus}
+    if args.quality == "full":
+        out["full_set"] = {"embedder": minilm.embedding_model_id,
+                           **retrieval.evaluate(minilm, docs, list(RetrievalMode))}
+    side = docs if args.side_by_side == "full" else retrieval.subset(docs, SIDE_BY_SIDE_WORDS)
+    out["side_by_side"] = {"set": args.side_by_side,
+                           minilm.embedding_model_id: retrieval.evaluate(minilm, side,
+                                                                         list(RetrievalMode))}
+    with tempfile.TemporaryDirectory(prefix="somnus-membench-smollm-") as tmp:
+        smollm = ModelRuntime(AIModelConfiguration(
+            n_threads=threads, embedding_model_path=str(default_model_path())), Path(tmp))
+        smollm.load()
+        out["side_by_side"][smollm.embedding_model_id + " (mean pooling)"] = retrieval.evaluate(
+            smollm, side, [RetrievalMode.VECTOR, RetrievalMode.HYBRID])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--real", type=int, default=200, help="texts embedded for real (0: skip)")
+    parser.add_argument("--quality", choices=["full", "side-by-side", "none"], default="full")
+    parser.add_argument("--side-by-side", choices=["small", "full"], default="small")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="somnus-membench-model-") as tmp:
-        runtime = ModelRuntime(AIModelConfiguration(n_threads=args.threads), Path(tmp))
+        runtime = ModelRuntime(AIModelConfiguration(
+            n_threads=args.threads, embedding_model_path=str(ensure_embedder(load_settings()))),
+            Path(tmp))
         runtime.load()
         dim = runtime.embedding_dim
+        quality_result = None if args.quality == "none" else quality(args, runtime,
+                                                                      args.threads)
         real = real_run(runtime, args.real, min(args.queries, 50)) if args.real else None
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((1000, dim)).astype(np.float32)
@@ -185,6 +246,7 @@ def main() -> None:
                 "bench": "memory",
                 "embedding_dim": dim,
                 "k": K,
+                "quality": quality_result,
                 "real": real,
                 "scale": results,
                 "note": "scale runs use SYNTHETIC clustered vectors of the model's width; "

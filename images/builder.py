@@ -2,7 +2,8 @@
 
 Stages, each cached by a hash (see ``images.recipe``):
 
-* wheels: portable llama wheel + guest wheelhouse (``images.wheels``);
+* wheels: portable llama wheel + guest wheelhouse (``images.wheels``), and the
+          embedding model converted to GGUF (``images.embedder``);
 * base:   ``<images_dir>/base-<base_hash>.tar``, mmdebstrap with the venv, user,
           units and config baked in by ``images/files/hooks/customize.sh``;
 * disk:   ``<images_dir>/<recipe_hash[:16]>/`` with ``disk.qcow2``, kernel, initrd
@@ -23,8 +24,10 @@ from pathlib import Path
 
 from core.config import Settings
 from core.errors import ImageBuildError
+from guest_agent.protocol.models_dir import EMBEDDER_DIR
 from images import recipe, wheels
 from images.catalog import ImageManifest, find_image, image_dir
+from images.embedder import ensure_embedder
 from images.plumbing import (
     BuildLog,
     Progress,
@@ -71,7 +74,8 @@ def build_image(
         check_free_space(settings.cache, NEED_FREE_BYTES)
         log.note(f"{flavour} image {full[:16]} (base {base[:16]}); log {log.path}")
         wheelhouse = wheels.ensure_guest_wheelhouse(settings, log=log)
-        tarball = _ensure_base(settings, flavour, base, wheelhouse, log, force)
+        embedder = ensure_embedder(settings, log=log)
+        tarball = _ensure_base(settings, flavour, base, wheelhouse, embedder, log, force)
         manifest = _build_disk(settings, flavour, tarball, base, full, log)
     log.note(f"done: {manifest.path}")
     return manifest
@@ -91,8 +95,8 @@ def base_tarball(settings: Settings, base_hash: str,
 
 
 def _ensure_base(
-    settings: Settings, flavour: recipe.Flavour, base: str, wheelhouse: Path, log: BuildLog,
-    force: bool,
+    settings: Settings, flavour: recipe.Flavour, base: str, wheelhouse: Path, embedder: Path,
+    log: BuildLog, force: bool,
 ) -> Path:
     tarball = base_tarball(settings, base, flavour)
     packages = recipe.flavour_packages(flavour)
@@ -110,6 +114,8 @@ def _ensure_base(
     env.update(
         SOMNUS_FILES=str(recipe.FILES_DIR),
         SOMNUS_WHEELHOUSE=str(wheelhouse),
+        SOMNUS_EMBEDDER=str(embedder),
+        SOMNUS_MODELS_DIR=str(EMBEDDER_DIR),
         SOMNUS_ROOT_LABEL=recipe.ROOT_LABEL,
         SOMNUS_VENV=recipe.GUEST_VENV,
         TMPDIR=str(staging),  # mmdebstrap's scratch chroot: same filesystem, cleaned with us

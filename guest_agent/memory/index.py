@@ -60,12 +60,22 @@ class VectorIndex:
         else:
             self._index.remove_ids(faiss.IDSelectorBatch(wanted))
 
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        """The ``k`` nearest ids with their cosine similarity, best first."""
+    def search(self, vector: np.ndarray, k: int, only: np.ndarray | None = None
+               ) -> list[tuple[int, float]]:
+        """The ``k`` nearest ids with their cosine similarity, best first; ``only`` (a
+        boolean mask over ids) limits the search to the ids it selects."""
         if self.ntotal == 0 or k <= 0:
             return []
         query = np.ascontiguousarray(vector.reshape(1, -1), dtype=np.float32)
-        scores, ids = self._index.search(query, min(k, self.ntotal))
+        params = None
+        if only is not None:
+            bitmap = np.packbits(only, bitorder="little")  # alive until the search returns
+            selector = faiss.IDSelectorBitmap(len(only), faiss.swig_ptr(bitmap))
+            # (faiss's type stubs lack the search parameters' constructors)
+            params = (faiss.SearchParametersHNSW(sel=selector, efSearch=HNSW_EF_SEARCH)  # type: ignore[attr-defined]
+                      if self.kind is IndexKind.HNSW
+                      else faiss.SearchParameters(sel=selector))  # type: ignore[call-arg]
+        scores, ids = self._index.search(query, min(k, self.ntotal), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i != -1]
 
     def save(self, path: Path, generation: int, embedding_model: str) -> None:

@@ -151,8 +151,8 @@ class AIModelConfiguration(BaseModel):
     # single-token prompt paths differ slightly, so answers would depend on the
     # previous request. Off: temperature 0 gives the same answer every time.
     prompt_cache: bool = False
-    # Embeddings come from a second llama.cpp context with mean pooling;
-    # None means the chat model itself.
+    # Embeddings come from a second llama.cpp context with mean pooling; None means the
+    # image's all-MiniLM-L6-v2 GGUF if it has one, else the chat model itself.
     embedding_model_path: str | None = None
     embedding_context_length: int = Field(default=512, ge=16)
 
@@ -175,6 +175,7 @@ class ModelStatus(BaseModel):
     n_ctx: int | None = None
     n_ctx_train: int | None = None
     embedding_dim: int | None = None
+    embedding_path: str | None = None  # the GGUF that embeds (MiniLM, or the chat model)
     load_seconds: float | None = None
     error: str | None = None
 
@@ -522,17 +523,41 @@ class MemoryAddResponse(BaseModel):
     embedding_pending: bool = False
 
 
+class RetrievalMode(StrEnum):
+    """How memory search ranks: by meaning (vectors), by words (BM25), or both fused."""
+
+    HYBRID = "hybrid"
+    VECTOR = "vector"
+    KEYWORD = "keyword"
+
+
 class MemorySearchRequest(BaseModel):
     query: str = Field(min_length=1)
     top_k: int = Field(default=10, ge=1, le=200)
     memory_types: list[MemoryType] | None = None
     min_importance: MemoryImportance | None = None
     conversation_id: str | None = None
+    mode: RetrievalMode = RetrievalMode.HYBRID
+    # A long document is many chunks: how many of one memory's may be separate hits.
+    chunks_per_memory: int = Field(default=1, ge=1, le=20)
+
+
+class MemoryChunk(BaseModel):
+    """The part of a memory a hit matched: its ``position``-th chunk, ``text[start:end]``."""
+
+    position: int
+    start: int
+    end: int
+    text: str
 
 
 class MemoryHit(BaseModel):
     memory: MemoryRecord
+    # The rank score: reciprocal-rank fusion in hybrid mode, else the one retriever's.
     score: float
+    similarity: float | None = None  # cosine of the best chunk, when vectors found it
+    keyword_score: float | None = None  # BM25 of the best chunk, when its words matched
+    chunk: MemoryChunk | None = None
 
 
 class MemorySearchResponse(BaseModel):

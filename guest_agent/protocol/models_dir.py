@@ -31,3 +31,16 @@ def list_models(extra_dirs: list[Path] | None = None) -> list[ModelFileInfo]:
                 )
             )
     return found
+
+
+# The sentence-embedding model the image ships beside the chat model: all-MiniLM-L6-v2,
+# converted to GGUF when the image is built (``images.embedder``). Memory and
+# ``/v1/embeddings`` use it; without it they fall back to the chat model's pooled states.
+EMBEDDER_DIR = Path("/opt/somnus/models")
+EMBEDDER_FILE = "all-MiniLM-L6-v2.f32.gguf"
+
+
+def bundled_embedder() -> Path | None:
+    """The image's embedding model, if this machine has it."""
+    path = EMBEDDER_DIR / EMBEDDER_FILE
+    return path if path.is_file() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,11 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from core.config import load_settings
 from guest_agent.app import create_app
 from guest_agent.protocol import AgentConfig, AIModelConfiguration, Subsystem
 from guest_agent.runtime import ModelRuntime
+from images.embedder import ensure_embedder
 
 # A small window keeps the tests fast; the model's trained window is 8192.
 TEST_CTX = 512
@@ -21,8 +24,16 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def model_config(**overrides: Any) -> AIModelConfiguration:
-    """The test model settings: 2 threads, the test window, greedy-friendly defaults."""
-    return AIModelConfiguration(**{"context_length": TEST_CTX, "n_threads": 2, **overrides})
+    """The test model settings: 2 threads, the test window, greedy-friendly defaults, and
+    the image's embedding model (all-MiniLM-L6-v2 as GGUF, converted once and cached)."""
+    return AIModelConfiguration(**{"context_length": TEST_CTX, "n_threads": 2,
+                                   "embedding_model_path": str(host_embedder()), **overrides})
+
+
+@functools.cache
+def host_embedder() -> Path:
+    """The converted MiniLM GGUF from the build cache (``scripts/setup.sh`` makes it)."""
+    return ensure_embedder(load_settings())
 
 
 @pytest.fixture(scope="session")

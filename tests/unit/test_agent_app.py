@@ -200,6 +200,7 @@ def test_embeddings_endpoint(agent_client: TestClient, agent_runtime: ModelRunti
     assert r.status_code == 200
     body = r.json()
     assert [d["index"] for d in body["data"]] == [0, 1]
+    assert body["model"] == agent_runtime.embedding_model_id == "all-MiniLM-L6-v2.f32"
     assert len(body["data"][0]["embedding"]) == agent_runtime.embedding_dim
     assert body["usage"]["prompt_tokens"] > 0
     too_long = agent_client.post("/v1/embeddings", json={"input": "word " * 3000}, headers=AUTH)

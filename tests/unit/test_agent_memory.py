@@ -1,4 +1,4 @@
-"""Memory: SQLite truth + FAISS index, on real SmolLM2 embeddings."""
+"""Memory: SQLite truth (chunks, FTS5) + FAISS index, on real MiniLM embeddings."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.pydoc import DOC_ROOT, page_text
+from guest_agent.memory.chunking import split
 from guest_agent.memory.manager import MemoryManager, MemoryNotFound, content_hash, new_record
 from guest_agent.protocol import (
     IndexKind,
@@ -16,9 +18,10 @@ from guest_agent.protocol import (
     MemoryImportance,
     MemorySearchRequest,
     MemoryType,
+    RetrievalMode,
 )
-from guest_agent.runtime import Embeddings, ModelRuntime
-from tests.unit.conftest import AUTH
+from guest_agent.runtime import Embeddings, ModelRuntime, default_model_path
+from tests.unit.conftest import AUTH, model_config
 
 FACTS = {
     "dog": "The user's dog is named Biscuit.",
@@ -238,8 +241,8 @@ def test_pending_memories_are_embedded_after_a_restart(
 ) -> None:
     memory = MemoryManager(tmp_path)
     # Stored before the agent died, never embedded: what a crash mid-import leaves.
-    memory.store.insert_many([new_record(MemoryCreate(content=FACTS["paris"]), time.time())],
-                             None, None)
+    record = new_record(MemoryCreate(content=FACTS["paris"]), time.time())
+    memory.store.insert_many([record], [split(record.content)])
     memory.store.close()
     again = open_memory(tmp_path, agent_runtime)
     wait_embedded(again)
@@ -257,12 +260,12 @@ def test_a_memory_deleted_while_it_is_being_embedded_is_not_indexed(
     assert memory._worker is not None
     memory._worker.join(timeout=10)
     records = [new_record(MemoryCreate(content=text), time.time()) for text in FACTS.values()]
-    memory.store.insert_many(records, None, None)
+    memory.store.insert_many(records, [split(r.content) for r in records])
 
     class DeletesMidway:
         """The runtime, but the first memory is deleted while the batch is embedded."""
 
-        model_id = agent_runtime.model_id
+        embedding_model_id = agent_runtime.embedding_model_id
         embedding_dim = agent_runtime.embedding_dim
 
         def embed(self, texts: list[str], truncate: bool) -> Embeddings:
@@ -298,3 +301,71 @@ def test_import_keeps_a_line_separator_inside_a_memory(agent_client: TestClient)
     imported = agent_client.post("/memory/import", content=exported, headers=AUTH)
     assert imported.status_code == 200, imported.text
     assert imported.json() == {"imported": 0, "deduplicated": 1}
+
+
+@pytest.fixture(scope="module")
+def smollm_embedder(tmp_path_factory: pytest.TempPathFactory) -> ModelRuntime:
+    """A runtime that embeds with the chat model's pooled states (no MiniLM)."""
+    runtime = ModelRuntime(model_config(embedding_model_path=str(default_model_path())),
+                           tmp_path_factory.mktemp("smollm-embedder"))
+    runtime.load()
+    return runtime
+
+
+def test_switching_the_embedding_model_embeds_everything_again_and_loses_nothing(
+    tmp_path: Path, agent_runtime: ModelRuntime, smollm_embedder: ModelRuntime
+) -> None:
+    before = open_memory(tmp_path, smollm_embedder)
+    ids = fill(before)
+    old_model = smollm_embedder.embedding_model_id
+    assert before.store.count_embedded(old_model) == len(FACTS)
+    before.close()
+
+    after = MemoryManager(tmp_path)
+    after.attach(agent_runtime)  # MiniLM: the SmolLM2 vectors cannot share its index
+    assert after.rebuilt_on_attach
+    wait_embedded(after)
+    assert after.store.count() == len(FACTS) and after.index_size == len(FACTS)
+    assert after.store.count_embedded(old_model) == 0
+    assert after.store.count_embedded(agent_runtime.embedding_model_id) == len(FACTS)
+    for key, query in QUERIES.items():
+        assert top(after, query, mode=RetrievalMode.VECTOR) == ids[key], query
+    after.close()
+
+
+def test_a_pending_memory_is_found_by_its_words_before_its_vector(
+    tmp_path: Path, agent_runtime: ModelRuntime
+) -> None:
+    memory = open_memory(tmp_path, agent_runtime)
+    memory._closing = True  # the worker stops: the memory stays pending
+    memory._wake.set()
+    assert memory._worker is not None
+    memory._worker.join(timeout=10)
+    added = memory.add(MemoryCreate(content=FACTS["dog"]), background=True)
+    assert memory.pending == 1 and memory.index_size == 0
+    assert top(memory, "Biscuit", mode=RetrievalMode.KEYWORD) == added.memory.memory_id
+    assert top(memory, "what is Biscuit?") == added.memory.memory_id  # hybrid
+    assert top(memory, "what is Biscuit?", mode=RetrievalMode.VECTOR) is None
+
+
+def test_a_long_document_is_chunked_and_found_by_a_passage_from_its_middle(
+    tmp_path: Path, agent_runtime: ModelRuntime
+) -> None:
+    text = page_text(DOC_ROOT / "library" / "json.html")
+    spans = split(text)
+    assert len(spans) > 5
+    memory = open_memory(tmp_path, agent_runtime)
+    added = memory.add(MemoryCreate(content=text, memory_type=MemoryType.DOCUMENT))
+    assert not added.embedding_truncated and memory.index_size == len(spans)
+    fill(memory)
+    middle = spans[len(spans) // 2]
+    passage = " ".join(text[middle.start : middle.end].split()[40:70])
+    for mode in RetrievalMode:
+        (hit,) = memory.search(MemorySearchRequest(query=passage, top_k=1, mode=mode))
+        assert hit.memory.memory_id == added.memory.memory_id, mode
+        assert hit.chunk is not None and passage in " ".join(hit.chunk.text.split()), mode
+        assert hit.chunk.text == text[hit.chunk.start : hit.chunk.end]
+        assert abs(hit.chunk.position - len(spans) // 2) <= 1, mode
+    several = memory.search(MemorySearchRequest(query="json.dumps indent", top_k=5,
+                                                chunks_per_memory=3))
+    assert [h.memory.memory_id for h in several].count(added.memory.memory_id) == 3

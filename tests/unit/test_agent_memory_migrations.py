@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from guest_agent.memory.chunking import Span
 from guest_agent.memory.store import (
     MIGRATIONS,
     MemorySchemaTooNew,
@@ -45,13 +46,15 @@ def test_pre_migration_database_keeps_every_memory(tmp_path: Path) -> None:
     assert (chat.record.memory_id, chat.record.tags, chat.record.metadata) == (
         "mem-2", ["git", "debugging"], {"turn": 3, "pinned": False})
     assert store.count_embedded("fixture-embedder") == 2
-    (seqs, vectors), = store.iter_embeddings()
-    assert seqs.tolist() == [1, 2] and vectors.shape == (2, 4)
+    (ids, vectors), = store.iter_embeddings("fixture-embedder")
+    assert ids.tolist() == [1, 2] and vectors.shape == (2, 4)  # chunk ids, in memory order
     assert store.generation == 2 and store.kv_get("prompt_profile") == "concise"
+    assert store.count_pending() == 1  # the third memory had no vector: its chunk waits
     # New memories continue the old sequence.
-    (seq,) = store.insert_many([ada.record.model_copy(update={
-        "memory_id": "mem-3", "content": "new", "content_hash": "h3"})], None, None)
-    assert seq == 4
+    store.insert_many([ada.record.model_copy(update={
+        "memory_id": "mem-3", "content": "new", "content_hash": "h3"})], [[Span(0, 3)]])
+    new = store.by_id("mem-3")
+    assert new is not None and new.seq == 4
     store.close()
 
 

@@ -42,7 +42,7 @@ def test_context_length_setting_is_capped_at_trained(tmp_path: Path) -> None:
 def test_session_runtime_uses_requested_window(agent_runtime: ModelRuntime) -> None:
     status = agent_runtime.status()
     assert status.state is ModelState.READY and agent_runtime.n_ctx == TEST_CTX
-    assert status.file_type == "Q4_1" and status.embedding_dim == agent_runtime.embedding_dim == 576
+    assert status.file_type == "Q4_1" and status.embedding_dim == agent_runtime.embedding_dim == 384
 
 
 def test_greedy_generation_is_repeatable(agent_runtime: ModelRuntime) -> None:
@@ -101,7 +101,7 @@ def test_quantization_to_8_bits_loads_answers_and_is_cached(tmp_path: Path) -> N
 def test_embeddings_are_normalised_and_meaningful(agent_runtime: ModelRuntime) -> None:
     texts = ["The user's dog is named Biscuit.", "Quarterly revenue grew by 12 percent."]
     docs = agent_runtime.embed(texts, truncate=False)
-    assert docs.vectors.shape == (2, 576)
+    assert docs.vectors.shape == (2, 384)  # MiniLM
     assert np.allclose(np.linalg.norm(docs.vectors, axis=1), 1.0, atol=1e-4)
     query = agent_runtime.embed(["What is my dog called?"], truncate=False).vectors[0]
     scores = docs.vectors @ query

