@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.config import Settings
-from core.errors import Busy, GuestError, HypervisorUnavailable
+from core.errors import Busy, GuestError, GuestInvalidInput, GuestNotFound, HypervisorUnavailable
 from guest_agent.protocol import (
     AgentStatus,
     ChatCompletionChunk,
@@ -33,10 +33,11 @@ from guest_agent.protocol import (
     MemorySearchResponse,
     Subsystem,
 )
-from guest_agent.protocol.runs import RunEvent, RunLimits, RunRequest
+from guest_agent.protocol.runs import RunEvent, RunLimits, RunRequest, WebRequest, WebStatus
 from guest_agent.sandbox.bwrap import RunFolder
 from guest_agent.sandbox.cgroups import ProcessGroupJail
-from guest_agent.sandbox.runner import Sandbox, SandboxBusy
+from guest_agent.sandbox.runner import Sandbox, SandboxBusy, SandboxError
+from guest_agent.sandbox.web import WebArtifacts
 from orchestrator import eviction
 from orchestrator.budget import BudgetView
 from orchestrator.host import Host
@@ -63,6 +64,7 @@ class StandInAgent:
         self.calls: list[str] = []
         self.memories: list[MemoryRecord] = []
         self._sandbox: Sandbox | None = None
+        self._web: WebArtifacts | None = None
 
     def _check(self, call: str) -> None:
         self.calls.append(call)
@@ -157,6 +159,33 @@ class StandInAgent:
     def run_file(self, run_id: str, path: str, timeout_s: float = 60.0) -> bytes:
         self._check("run_file")
         return self.sandbox.produced_file(run_id, path).read_bytes()
+
+    @property
+    def web(self) -> WebArtifacts:
+        """The agent's own web port, on an ephemeral loopback port."""
+        if self._web is None:
+            self._web = WebArtifacts(self.sandbox, port=0, host="127.0.0.1")
+        return self._web
+
+    def web_open(self, request: WebRequest, timeout_s: float = 120.0) -> WebStatus:
+        self._check("web_open")
+        try:
+            return self.web.open(request)
+        except SandboxError as exc:  # as AgentClient reports the agent's 400
+            raise GuestInvalidInput(str(exc)) from exc
+
+    def web_status(self, timeout_s: float = 10.0) -> WebStatus:
+        self._check("web_status")
+        return self._opened(self.web.status())
+
+    def web_stop(self, timeout_s: float = 30.0) -> WebStatus:
+        self._check("web_stop")
+        return self._opened(self.web.stop())
+
+    def _opened(self, status: WebStatus | None) -> WebStatus:
+        if status is None:  # as AgentClient reports the agent's 404
+            raise GuestNotFound(f"agent of '{self.name}': no web artifact is open")
+        return status
 
 
 def plain_launcher(folder: RunFolder, argv: list[str], env: dict[str, str],

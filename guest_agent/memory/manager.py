@@ -237,7 +237,8 @@ class MemoryManager:
             )
 
     def _embed_loop(self) -> None:
-        while not self._closing:
+        # Ends with close(), or when the store was closed under it (a crash, in tests).
+        while not self._closing and not self.store.closed:
             self._wake.wait(timeout=TOUCH_EVERY_S)
             self._wake.clear()
             try:
@@ -245,6 +246,8 @@ class MemoryManager:
                 while not self._closing and self.embed_pending(BACKGROUND_BATCH):
                     pass
             except Exception:
+                if self.store.closed:
+                    return
                 log.exception("embedding pending memories failed; retrying in %.0f s",
                               RETRY_AFTER_S)
                 time.sleep(RETRY_AFTER_S)

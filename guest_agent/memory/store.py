@@ -283,6 +283,7 @@ class MemoryStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        self.closed = False
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         # WAL + NORMAL: a committed write survives an agent crash; flush() checkpoints
@@ -297,6 +298,7 @@ class MemoryStore:
 
     def close(self) -> None:
         with self._lock:
+            self.closed = True
             self._db.close()
 
     # -- small key/value state (prompt profile, roles, generation) -------------

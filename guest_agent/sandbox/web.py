@@ -120,9 +120,10 @@ class _Open:
 class WebArtifacts:
     """The open web artifact: staged like a run, then served on the web port."""
 
-    def __init__(self, sandbox: Sandbox, port: int = WEB_GUEST_PORT) -> None:
+    def __init__(self, sandbox: Sandbox, port: int = WEB_GUEST_PORT,
+                 host: str = "0.0.0.0") -> None:
         self.sandbox = sandbox
-        self.web = WebPort(port)
+        self.web = WebPort(port, host)
         self._open: _Open | None = None
         self._lock = threading.Lock()
 
