@@ -2,7 +2,10 @@
 
 Local (default): loads the model in-process and runs the agent's own chat path
 (prompt stack, llama.cpp) with memory off. Remote: ``--url`` and ``--token``
-stream the same request from a running agent (e.g. inside a VM) over SSE.
+stream the same request from a running agent (e.g. inside a VM) over SSE. ``--vm``
+boots a scratch VM and measures its agent on each llama.cpp build in turn, side by
+side with the host: under TCG, ``portable`` (the wheel's AVX2 backend, the shipped
+Q4_1) is what guests ran before, ``emulation`` (no SIMD, Q4_0) what they run now.
 Prints ONE JSON line.
 Usage: python -m bench.inference [--runs N] [--max-tokens N] [--url URL --token TOKEN]
 """
@@ -64,6 +67,7 @@ def run_local(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[st
                 "completion_tokens": turn.usage.completion_tokens,
                 "prompt_tokens": turn.usage.prompt_tokens,
                 "decode_tokens_per_s": turn.timings.predicted_per_second,
+                "prompt_tokens_per_s": prompt_rate(turn.timings.prompt_n, turn.timings.prompt_ms),
                 "e2e_tokens_per_s": turn.usage.completion_tokens / (end - t0),
             }
         )
@@ -106,11 +110,17 @@ def run_remote(args: argparse.Namespace) -> tuple[list[dict[str, float]], dict[s
                     "completion_tokens": usage["completion_tokens"],
                     "prompt_tokens": usage["prompt_tokens"],
                     "decode_tokens_per_s": timings["predicted_per_second"],
+                    "prompt_tokens_per_s": prompt_rate(timings["prompt_n"], timings["prompt_ms"]),
                     "e2e_tokens_per_s": usage["completion_tokens"] / (end - t0),
                 }
             )
         health = client.get(args.url.rstrip("/") + "/model", headers=headers).json()
     return runs[1:], {"model": health.get("loaded_path"), "n_ctx": health.get("n_ctx")}
+
+
+def prompt_rate(tokens: int, ms: float) -> float:
+    """Prompt evaluation speed, tokens/s."""
+    return tokens / ms * 1000 if ms > 0 else 0.0
 
 
 def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -122,13 +132,19 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
         "prompt_tokens": int(runs[0]["prompt_tokens"]),
         "completion_tokens_p50": p50("completion_tokens"),
         "ttft_ms_p50": p50("ttft_ms"),
+        "prompt_tokens_per_s_p50": p50("prompt_tokens_per_s"),
         "decode_tokens_per_s_p50": p50("decode_tokens_per_s"),
         "e2e_tokens_per_s_p50": p50("e2e_tokens_per_s"),
     }
 
 
+# What a TCG guest ran before (the wheel's AVX2/FMA backend, the shipped Q4_1) and what it
+# runs now (no SIMD, Q4_0): guest_agent.llama_build, chosen here by its override.
+VM_BUILDS = ("portable", "emulation")
+
+
 def run_in_scratch_vm(args: argparse.Namespace) -> dict[str, Any]:
-    """Boot a VM of our own, measure its agent, delete it."""
+    """Boot a VM of our own, measure its agent on each llama.cpp build, delete it."""
     from bench.vmhome import log, scratch_host
     from guest_agent.protocol import Subsystem
 
@@ -136,10 +152,18 @@ def run_in_scratch_vm(args: argparse.Namespace) -> dict[str, Any]:
         service = host.vms
         record, _ = service.create("infer", Subsystem.CHAT, progress=log)
         agent = service.agent(record)
-        agent.wait_model(timeout_s=600)
         args.url, args.token = agent.base_url, service.paths("infer").token.read_text()
-        runs, extra = run_remote(args)
-        return {**summarise(runs), **extra, "accel": record.accel}
+        figures: dict[str, Any] = {"accel": record.accel}
+        for build in VM_BUILDS:
+            restart = (f"sudo systemctl set-environment SOMNUS_LLAMA_BUILD={build} "
+                       "&& sudo systemctl restart somnus-agent")
+            if service.run("infer", restart).exit_code != 0:
+                raise RuntimeError(f"could not restart the agent on the {build} build")
+            agent.wait_model(timeout_s=600)
+            log(f"measuring the {build} build")
+            runs, extra = run_remote(args)
+            figures[build] = {**summarise(runs), **extra}
+        return figures
 
 
 def main() -> None:
@@ -168,11 +192,19 @@ def main() -> None:
         runs, extra = run_local(args)
         figures.update(target="local", threads=args.threads, **summarise(runs), **extra)
     if args.vm:
-        host, vm = figures, figures["vm"]
+        vm = figures["vm"]
+        before, after = (vm[build] for build in VM_BUILDS)
+        figures["vm_speedup"] = {
+            "decode": round(after["decode_tokens_per_s_p50"]
+                            / before["decode_tokens_per_s_p50"], 2),
+            "ttft": round(before["ttft_ms_p50"] / after["ttft_ms_p50"], 2),
+            "prompt_eval": round(after["prompt_tokens_per_s_p50"]
+                                 / before["prompt_tokens_per_s_p50"], 2),
+        }
         figures["vm_over_host"] = {
-            "decode_tokens_per_s": round(vm["decode_tokens_per_s_p50"]
-                                         / host["decode_tokens_per_s_p50"], 4),
-            "ttft": round(vm["ttft_ms_p50"] / host["ttft_ms_p50"], 1),
+            "decode_tokens_per_s": round(after["decode_tokens_per_s_p50"]
+                                         / figures["decode_tokens_per_s_p50"], 4),
+            "ttft": round(after["ttft_ms_p50"] / figures["ttft_ms_p50"], 1),
         }
     # The host is shared (image builds, VMs): read the figures against it.
     figures["host_loadavg_1m"] = round(os.getloadavg()[0], 2)

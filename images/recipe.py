@@ -197,6 +197,20 @@ def embedder_key() -> str:
     return digest.hexdigest()[:12]
 
 
+# TCG guests' llama.cpp CPU backend (``images.emulation``): every x86 extension off.
+EMULATION_CMAKE_ARGS = (
+    "-DGGML_NATIVE=OFF -DGGML_SSE42=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF "
+    "-DGGML_F16C=OFF -DGGML_BMI2=OFF"
+)
+EMULATION_MODEL_TYPE = "Q4_0"
+
+
+def emulation_key(llama_sha256: str) -> str:
+    """Names the emulation backend and model: the llama wheel they pair with, their recipe."""
+    return _hash_json({"llama_wheel_sha256": llama_sha256, "cmake": EMULATION_CMAKE_ARGS,
+                       "model": MODEL_REQUIREMENT, "type": EMULATION_MODEL_TYPE})[:12]
+
+
 def base_hash(
     llama_sha256: str, files_dir: Path = FILES_DIR, flavour: Flavour = Flavour.BASE
 ) -> str:
@@ -210,6 +224,7 @@ def base_hash(
             "packages": flavour_packages(flavour),
             "wheels": requirements_digest(llama_sha256),
             "embedder": embedder_key(),
+            "emulation": emulation_key(llama_sha256),
             "files": tree_digest(files_dir),
             "root_label": ROOT_LABEL,
             "venv": GUEST_VENV,

@@ -33,6 +33,7 @@ from guest_agent.protocol import (
     MemorySearchRequest,
     MemorySearchResponse,
     MemoryType,
+    ModelStatus,
     PromptInspection,
 )
 from guest_agent.protocol.runs import RunEvent, RunRequest, WebRequest, WebStatus
@@ -173,6 +174,9 @@ class AgentClient:
 
     def info(self, timeout_s: float = 10.0) -> InfoResponse:
         return self._call("GET", "/info", InfoResponse, timeout_s)
+
+    def model_status(self, timeout_s: float = 10.0) -> ModelStatus:
+        return self._call("GET", "/model", ModelStatus, timeout_s)
 
     def flush(self, timeout_s: float = 10.0) -> MemoryFlushResponse:
         """Ask the agent to write memory and state to disk (before a save)."""

@@ -101,6 +101,9 @@ echo "$LLAMA_WHEEL"
 step "embedding model: all-MiniLM-L6-v2 converted to GGUF (cached by pin and converter)"
 "$VENV/bin/python" -m images.embedder
 
+step "what TCG guests run: llama.cpp's CPU backend without SIMD, the model in Q4_0 (cached)"
+"$VENV/bin/python" -m images.emulation
+
 case "$ACTION" in
   demo)
     step "guest images: base, and artifacts (base + compilers and the sandbox)"

@@ -13,7 +13,8 @@ until it fits. Consecutive chunks share ``overlap`` words, so a passage cut in t
 found whole in one of them.
 
 What a chunk is embedded and indexed by (``indexed_text``) is its span after its
-memory's heading: a passage deep in a long document still says what it is part of.
+memory's heading and its section's: a passage deep in a long document still says what
+it is part of.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from dataclasses import dataclass
 MAX_WORDS = 160
 OVERLAP_WORDS = 20
 HEADING_CHARS = 100  # a first line this short is a heading
+HEADING_WORDS = 12
 
 _WORD = re.compile(r"\S+")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _SENTENCE_END = ".!?:;"
+_PARAGRAPH_TEXT = re.compile(r"(?:\A|\n[ \t]*\n)[ \t]*([^\n]+?)[ \t]*(?=\n[ \t]*\n|\Z)")
+_CODE_CHARS = frozenset("=(){}[]<>")
 
 @dataclass(frozen=True)
 class Span:
@@ -86,8 +90,30 @@ def heading(text: str) -> str:
     return first if len(first) <= HEADING_CHARS and first != text.strip() else ""
 
 
+def section(text: str, start: int) -> str:
+    """The last section heading that begins before character ``start``, else ''."""
+    found = ""
+    for match in _PARAGRAPH_TEXT.finditer(text, 0, start):
+        line = match.group(1)
+        if _looks_like_heading(line):
+            found = line
+    return found
+
+
+def _looks_like_heading(line: str) -> bool:
+    # One short line that starts like a title, ends no sentence and holds no code: how a
+    # section heading survives in plain text ("4.2. for Statements") and Markdown ("## Setup").
+    return (len(line) <= HEADING_CHARS and len(line.split()) <= HEADING_WORDS
+            and (line[0].isupper() or line[0].isdigit() or line[0] == "#")
+            and line[-1] not in _SENTENCE_END + "," and not _CODE_CHARS.intersection(line))
+
+
 def indexed_text(text: str, span: Span) -> str:
-    """The chunk's text as embedded and keyword-indexed: the heading, then the span."""
-    title = heading(text)
+    """The chunk's text as embedded and keyword-indexed: the memory's heading and the
+    section's, then the span (a heading the span starts with is not repeated)."""
     chunk = text[span.start : span.end]
-    return chunk if not title or chunk.lstrip().startswith(title) else f"{title}\n\n{chunk}"
+    head = chunk.lstrip()
+    title = heading(text)
+    parts = [h for h in dict.fromkeys([title, section(text, span.start)])
+             if h and not head.startswith(h)]
+    return "\n\n".join([*parts, chunk])

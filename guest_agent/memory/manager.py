@@ -64,7 +64,7 @@ BACKGROUND_BATCH = 4
 # Candidates each retriever offers before fusion (more when filters reject many).
 CANDIDATES = 50
 RETRY_AFTER_S = 30.0  # after an embedding failure, before the worker tries again
-HEADING_TOKENS = 48  # room kept in a chunk for its memory's heading (chunking.indexed_text)
+HEADING_TOKENS = 64  # room kept in a chunk for its memory's and section's headings (indexed_text)
 TOUCH_EVERY_S = 2.0  # how often the worker writes the accesses searches noted
 
 

@@ -4,6 +4,11 @@ memory, and near-duplicates collapsed.
 
 Reciprocal-rank fusion (Cormack et al., 2009) adds ``1 / (k + rank)`` over the lists a
 memory appears in: it needs no calibration between cosine and BM25, whose scales differ.
+Its usual k = 60 was tuned for fusing many TREC runs. With two lists, one of them an
+OR-query that matches many chunks weakly, it let any chunk in both lists at middling
+ranks beat the clear first hit of one retriever; k = 10 keeps that hit. On the quality
+set (``bench.memory``) it raised hybrid recall@5 from 0.725 to 0.787, on each half of
+the questions alike (0.775 to 0.825, 0.675 to 0.750).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from dataclasses import dataclass
 from guest_agent.memory.store import DAY, LocatedChunk
 from guest_agent.protocol import IMPORTANCE_RANK, RETENTION_DAYS
 
-RRF_K = 60
+RRF_K = 10
 # Two hits whose chunks share this much of their words say the same thing: keep one.
 NEAR_DUPLICATE = 0.9
 _WORDS = re.compile(r"\w+")

@@ -83,6 +83,8 @@ class InfoResponse(BaseModel):
     agent_version: str
     packages: dict[str, str]
     models: list[ModelFileInfo]
+    llama_build: str | None = None  # llama.cpp's CPU backend: "portable", or "emulation" (TCG)
+    llama_build_reason: str | None = None
 
 
 class ErrorResponse(BaseModel):

@@ -21,7 +21,8 @@ def bundled_model_dir() -> Path | None:
 
 def list_models(extra_dirs: list[Path] | None = None) -> list[ModelFileInfo]:
     """Every GGUF file the agent can load, bundled first."""
-    dirs = [d for d in [bundled_model_dir(), USER_MODELS_DIR, *(extra_dirs or [])] if d]
+    dirs = [d for d in [bundled_model_dir(), EMULATION_DIR, USER_MODELS_DIR, *(extra_dirs or [])]
+            if d]
     found: list[ModelFileInfo] = []
     for folder in dirs:
         for path in sorted(folder.glob("*.gguf")) if folder.is_dir() else []:
@@ -44,3 +45,10 @@ def bundled_embedder() -> Path | None:
     """The image's embedding model, if this machine has it."""
     path = EMBEDDER_DIR / EMBEDDER_FILE
     return path if path.is_file() else None
+
+
+# What TCG guests load instead (``guest_agent.llama_build``): llama.cpp's CPU backend
+# compiled with no SIMD, and the chat model re-quantized to Q4_0 (``images.emulation``).
+EMULATION_DIR = Path("/opt/somnus/emulation")
+EMULATION_BACKEND = "libggml-cpu.so.0"
+EMULATION_MODEL = "SmolLM2-135M-Instruct.Q4_0.gguf"

@@ -214,6 +214,7 @@ def test_models_and_info(agent_client: TestClient, agent_runtime: ModelRuntime) 
     )
     info = agent_client.get("/info", headers=AUTH).json()
     assert info["packages"]["llama_cpp_python"] != "missing"
+    assert info["llama_build"] == "portable"  # no choice was made in this process: the wheel's
 
 
 @pytest.mark.parametrize("subsystem", list(Subsystem))

