@@ -22,7 +22,11 @@ from llama_cpp.llama_types import CreateCompletionStreamResponse
 from guest_agent import llama_build
 from guest_agent.protocol import AIModelConfiguration, ModelState, ModelStatus
 from guest_agent.protocol.gguf import context_length, read_metadata
-from guest_agent.protocol.models_dir import bundled_embedder, bundled_model_dir
+from guest_agent.protocol.models_dir import (
+    EMULATION_EMBEDDER,
+    bundled_embedder,
+    bundled_model_dir,
+)
 from guest_agent.quantize import ensure_bits, file_type_of, require_gguf
 
 log = logging.getLogger(__name__)
@@ -71,10 +75,11 @@ class Embeddings:
 
 
 def embedding_model_file(config: AIModelConfiguration, chat_model: Path) -> Path:
-    """The configured embedding GGUF, else the image's MiniLM, else the chat model."""
+    """The configured embedding GGUF, else the image's MiniLM (in Q8_0 under the emulation
+    build), else the chat model."""
     if config.embedding_model_path:
         return Path(config.embedding_model_path)
-    return bundled_embedder() or chat_model
+    return llama_build.emulation_model(EMULATION_EMBEDDER) or bundled_embedder() or chat_model
 
 
 def default_model_path() -> Path:

@@ -203,12 +203,14 @@ EMULATION_CMAKE_ARGS = (
     "-DGGML_F16C=OFF -DGGML_BMI2=OFF"
 )
 EMULATION_MODEL_TYPE = "Q4_0"
+EMULATION_EMBEDDER_TYPE = "Q8_0"
 
 
 def emulation_key(llama_sha256: str) -> str:
-    """Names the emulation backend and model: the llama wheel they pair with, their recipe."""
+    """Names the emulation backend and models: the llama wheel they pair with, their recipe."""
     return _hash_json({"llama_wheel_sha256": llama_sha256, "cmake": EMULATION_CMAKE_ARGS,
-                       "model": MODEL_REQUIREMENT, "type": EMULATION_MODEL_TYPE})[:12]
+                       "model": MODEL_REQUIREMENT, "type": EMULATION_MODEL_TYPE,
+                       "embedder": embedder_key(), "embedder_type": EMULATION_EMBEDDER_TYPE})[:12]
 
 
 def base_hash(

@@ -21,12 +21,25 @@ log = logging.getLogger(__name__)
 
 HNSW_M = 32
 HNSW_EF_SEARCH = 128
+# AUTO: exact search while it is fast, HNSW from this many chunks on. bench.memory: flat
+# searches 10k chunks in 1.3 ms p50 and 100k in 15.6 ms; HNSW 100k in 0.79 ms (p99 1.68)
+# at recall@10 0.984.
+AUTO_HNSW_CHUNKS = 20_000
+
+
+def index_kind(kind: IndexKind, chunks: int) -> IndexKind:
+    """The index to build for ``chunks`` vectors: ``kind`` itself unless it is AUTO."""
+    if kind is not IndexKind.AUTO:
+        return kind
+    return IndexKind.HNSW if chunks >= AUTO_HNSW_CHUNKS else IndexKind.FLAT
 
 
 class VectorIndex:
     """Add, search and persist vectors keyed by memory seq."""
 
     def __init__(self, dim: int, kind: IndexKind) -> None:
+        if kind is IndexKind.AUTO:
+            raise ValueError("an index is flat or HNSW: resolve AUTO with index_kind()")
         self.dim = dim
         self.kind = kind
         inner: faiss.Index

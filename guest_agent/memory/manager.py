@@ -35,7 +35,7 @@ import numpy as np
 
 from guest_agent.memory import chunking, ranking
 from guest_agent.memory.catalog import ChunkCatalog
-from guest_agent.memory.index import VectorIndex
+from guest_agent.memory.index import VectorIndex, index_kind
 from guest_agent.memory.store import LocatedChunk, MemoryStore, StoredMemory, expiry
 from guest_agent.protocol import (
     IMPORTANCE_RANK,
@@ -130,7 +130,7 @@ class SearchFilter:
 class MemoryManager:
     """The VM's memory: SQLite source of truth plus a derived FAISS index."""
 
-    def __init__(self, data_dir: Path, kind: IndexKind = IndexKind.FLAT) -> None:
+    def __init__(self, data_dir: Path, kind: IndexKind = IndexKind.AUTO) -> None:
         self.store = MemoryStore(data_dir / DB_FILE)
         self.index_path = data_dir / INDEX_FILE
         self.kind = kind
@@ -155,6 +155,11 @@ class MemoryManager:
         return 0 if self._index is None else self._index.ntotal
 
     @property
+    def index_kind(self) -> IndexKind | None:
+        """The index in use (never AUTO: what AUTO chose), None before ``attach``."""
+        return None if self._index is None else self._index.kind
+
+    @property
     def pending(self) -> int:
         """Chunks stored but not embedded yet (found by keywords, not yet by meaning)."""
         return self.store.count_pending()
@@ -176,7 +181,8 @@ class MemoryManager:
             if forgotten := self.store.forget_embeddings(keep_model=model):
                 log.info("memory: %d chunks were embedded by another model; embedding them "
                          "again with %s in the background", forgotten, model)
-            loaded = VectorIndex.load(self.index_path, embedder.embedding_dim, self.kind,
+            kind = index_kind(self.kind, self.store.count_embedded(model))
+            loaded = VectorIndex.load(self.index_path, embedder.embedding_dim, kind,
                                       self.store.generation, model)
             self.rebuilt_on_attach = loaded is None
             self._index = loaded if loaded is not None else self._build(embedder)
@@ -203,10 +209,23 @@ class MemoryManager:
         return [chunk_id for _, chunk_ids in stored for chunk_id in chunk_ids]
 
     def _build(self, embedder: Embedder) -> VectorIndex:
-        index = VectorIndex(embedder.embedding_dim, self.kind)
+        model = embedder.embedding_model_id
+        index = VectorIndex(embedder.embedding_dim,
+                            index_kind(self.kind, self.store.count_embedded(model)))
         for ids, vectors in self.store.iter_embeddings(embedder.embedding_model_id):
             index.add(ids, vectors)
         return index
+
+    def _index_stored(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Index vectors SQLite already holds (under the lock: the index may have been
+        replaced since the caller looked); under AUTO, an index that outgrows flat is
+        built again as HNSW, from SQLite."""
+        embedder, index = self._require()
+        index.add(ids, vectors)
+        wanted = index_kind(self.kind, index.ntotal - index.stale)
+        if index.kind is not wanted:
+            log.info("memory: %d chunks: moving the index to %s", index.ntotal, wanted)
+            self._index = self._build(embedder)
 
     def rebuild_index(self) -> None:
         """Throw the index away and derive it again from SQLite."""
@@ -266,7 +285,7 @@ class MemoryManager:
         The embedding runs outside the lock (searches and adds go on); a chunk whose
         memory was deleted meanwhile is skipped. Returns how many were embedded.
         """
-        embedder, index = self._require()
+        embedder, _ = self._require()
         todo = self.store.pending_chunks(limit)
         if not todo:
             return 0
@@ -276,7 +295,8 @@ class MemoryManager:
             filled = set(self.store.fill_embeddings(ids, vectors, embedder.embedding_model_id))
             keep = [i for i, chunk_id in enumerate(ids) if chunk_id in filled]
             if keep:
-                index.add(np.asarray([ids[i] for i in keep], dtype=np.int64), vectors[keep])
+                self._index_stored(np.asarray([ids[i] for i in keep], dtype=np.int64),
+                                   vectors[keep])
         return len(todo)
 
     def close(self) -> None:
@@ -296,7 +316,7 @@ class MemoryManager:
 
         With ``background`` the vectors are computed later by the worker (see the module).
         """
-        embedder, index = self._require()
+        embedder, _ = self._require()
         now = time.time()
         with self._lock:
             existing = self.store.by_hash(content_hash(item.content))
@@ -314,7 +334,7 @@ class MemoryManager:
             emb = embedder.embed([chunking.indexed_text(record.content, s) for s in spans],
                                  truncate=True)
             ids = self._insert([record], [spans], emb.vectors, embedder.embedding_model_id)
-            index.add(np.asarray(ids, dtype=np.int64), emb.vectors)
+            self._index_stored(np.asarray(ids, dtype=np.int64), emb.vectors)
             return MemoryAddResponse(
                 memory=record, deduplicated=False, embedding_truncated=any(emb.truncated)
             )
@@ -343,7 +363,7 @@ class MemoryManager:
         Returns (inserted, deduplicated). Records keep their ids and timestamps. Given
         ``vectors`` (one per record) every record must fit one chunk.
         """
-        embedder, index = self._require()
+        embedder, _ = self._require()
         with self._lock:
             seen: set[str] = set()
             fresh: list[int] = []
@@ -365,7 +385,7 @@ class MemoryManager:
             else:
                 vecs = vectors[fresh]
             ids = self._insert(chosen, spans, vecs, embedder.embedding_model_id)
-            index.add(np.asarray(ids, dtype=np.int64), vecs)
+            self._index_stored(np.asarray(ids, dtype=np.int64), vecs)
             return len(chosen), len(records) - len(chosen)
 
     def delete(self, memory_id: str) -> None:

@@ -28,10 +28,12 @@ class Subsystem(StrEnum):
 
 
 class IndexKind(StrEnum):
-    """FAISS index over memory embeddings: exact (flat) or approximate (HNSW)."""
+    """FAISS index over memory embeddings: exact (flat), approximate (HNSW), or flat
+    until the memory outgrows it, then HNSW (auto)."""
 
     FLAT = "flat"
     HNSW = "hnsw"
+    AUTO = "auto"
 
 
 class AgentConfig(BaseModel):
@@ -45,7 +47,7 @@ class AgentConfig(BaseModel):
     model: AIModelConfiguration = Field(default_factory=lambda: AIModelConfiguration())
     # Requests waiting behind the one running on the model; more get 503.
     max_queue: int = Field(default=4, ge=0)
-    memory_index: IndexKind = IndexKind.FLAT
+    memory_index: IndexKind = IndexKind.AUTO
 
 
 class AgentStatus(StrEnum):

@@ -21,8 +21,7 @@ def bundled_model_dir() -> Path | None:
 
 def list_models(extra_dirs: list[Path] | None = None) -> list[ModelFileInfo]:
     """Every GGUF file the agent can load, bundled first."""
-    dirs = [d for d in [bundled_model_dir(), EMULATION_DIR, USER_MODELS_DIR, *(extra_dirs or [])]
-            if d]
+    dirs = [d for d in [bundled_model_dir(), USER_MODELS_DIR, *(extra_dirs or [])] if d]
     found: list[ModelFileInfo] = []
     for folder in dirs:
         for path in sorted(folder.glob("*.gguf")) if folder.is_dir() else []:
@@ -48,7 +47,9 @@ def bundled_embedder() -> Path | None:
 
 
 # What TCG guests load instead (``guest_agent.llama_build``): llama.cpp's CPU backend
-# compiled with no SIMD, and the chat model re-quantized to Q4_0 (``images.emulation``).
+# compiled with no SIMD, the chat model re-quantized to Q4_0 and MiniLM in Q8_0
+# (``images.emulation``).
 EMULATION_DIR = Path("/opt/somnus/emulation")
 EMULATION_BACKEND = "libggml-cpu.so.0"
 EMULATION_MODEL = "SmolLM2-135M-Instruct.Q4_0.gguf"
+EMULATION_EMBEDDER = "all-MiniLM-L6-v2.q8_0.gguf"

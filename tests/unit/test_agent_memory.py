@@ -10,8 +10,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bench.pydoc import DOC_ROOT, page_text
-from guest_agent.memory.chunking import split
-from guest_agent.memory.manager import MemoryManager, MemoryNotFound, content_hash, new_record
+from guest_agent.memory import index as index_module
+from guest_agent.memory.chunking import OVERLAP_WORDS, split
+from guest_agent.memory.manager import (
+    HEADING_TOKENS,
+    MemoryManager,
+    MemoryNotFound,
+    content_hash,
+    new_record,
+)
 from guest_agent.protocol import (
     IndexKind,
     MemoryCreate,
@@ -67,6 +74,26 @@ def test_search_finds_by_meaning(
     ids = fill(memory)
     for key, query in QUERIES.items():
         assert top(memory, query) == ids[key], query
+
+
+def test_auto_index_turns_hnsw_when_memory_outgrows_flat(
+    tmp_path: Path, agent_runtime: ModelRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_module, "AUTO_HNSW_CHUNKS", len(FACTS))
+    memory = open_memory(tmp_path, agent_runtime, IndexKind.AUTO)
+    ids = {}
+    for n, (key, text) in enumerate(FACTS.items(), start=1):
+        ids[key] = memory.add(MemoryCreate(content=text)).memory.memory_id
+        assert memory.index_kind is (IndexKind.HNSW if n == len(FACTS) else IndexKind.FLAT)
+    assert memory.index_size == len(FACTS)  # rebuilt from SQLite: nothing lost on the way
+    for key, query in QUERIES.items():
+        assert top(memory, query) == ids[key], query
+    memory.close()
+    again = open_memory(tmp_path, agent_runtime, IndexKind.AUTO)
+    assert again.index_kind is IndexKind.HNSW and not again.rebuilt_on_attach
+    again.delete(ids["dog"])
+    again.flush()  # HNSW's deleted vector is dropped by a rebuild, and flat suffices again
+    assert again.index_kind is IndexKind.FLAT and again.index_size == len(FACTS) - 1
 
 
 def test_get_by_id_and_dedup(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
@@ -352,14 +379,16 @@ def test_a_long_document_is_chunked_and_found_by_a_passage_from_its_middle(
     tmp_path: Path, agent_runtime: ModelRuntime
 ) -> None:
     text = page_text(DOC_ROOT / "library" / "json.html")
-    spans = split(text)
+    spans = split(text, fits=lambda t: agent_runtime.fits_embedding(t, HEADING_TOKENS))
     assert len(spans) > 5
     memory = open_memory(tmp_path, agent_runtime)
     added = memory.add(MemoryCreate(content=text, memory_type=MemoryType.DOCUMENT))
     assert not added.embedding_truncated and memory.index_size == len(spans)
     fill(memory)
     middle = spans[len(spans) // 2]
-    passage = " ".join(text[middle.start : middle.end].split()[40:70])
+    words = text[middle.start : middle.end].split()
+    assert len(words) >= 2 * OVERLAP_WORDS + 30  # so 30 words at its centre are its alone
+    passage = " ".join(words[len(words) // 2 - 15 : len(words) // 2 + 15])
     for mode in RetrievalMode:
         (hit,) = memory.search(MemorySearchRequest(query=passage, top_k=1, mode=mode))
         assert hit.memory.memory_id == added.memory.memory_id, mode

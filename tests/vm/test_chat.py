@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 from guest_agent.protocol import MemoryType, PromptLayerName
-from guest_agent.protocol.models_dir import EMULATION_BACKEND, EMULATION_DIR, EMULATION_MODEL
+from guest_agent.protocol.models_dir import (
+    EMULATION_BACKEND,
+    EMULATION_DIR,
+    EMULATION_EMBEDDER,
+    EMULATION_MODEL,
+)
 from guest_agent.runtime import default_model_path
 from orchestrator.vms import VMService
 from tests.vm.cli import somnus
@@ -43,6 +48,28 @@ def test_a_turn_in_the_vm_streams_and_is_kept_in_memory(booted_vm: str, service:
     turns = agent.memory_list(memory_type=MemoryType.CONVERSATION).memories
     assert [t.conversation_id for t in turns] == [conversation.conversation_id]
     assert "teal" in turns[0].content
+
+
+def test_a_tcg_guest_runs_the_emulation_build(booted_vm: str, service: VMService) -> None:
+    """Under TCG the agent loads the no-SIMD llama.cpp backend and the Q4_0 model the
+    image ships for it (guest_agent.llama_build); under KVM, the wheel's own."""
+    record = service.store.get_vm(booted_vm)
+    wait_model_ready(service, booted_vm)
+    agent = service.agent(record)
+    info, status = agent.info(), agent.model_status()
+    if record.accel == "tcg":
+        assert info.llama_build == "emulation", info.llama_build_reason
+        assert status.loaded_path == str(EMULATION_DIR / EMULATION_MODEL)
+        assert status.file_type == "Q4_0"
+        assert status.embedding_path == str(EMULATION_DIR / EMULATION_EMBEDDER)
+    else:
+        assert info.llama_build == "portable", info.llama_build_reason
+        assert status.file_type == "Q4_1"
+    maps = service.run(booted_vm, "sudo grep -h libggml-cpu /proc/$(systemctl show -p MainPID "
+                                  "--value somnus-agent)/maps | awk '{print $6}' | sort -u")
+    expected = (str(EMULATION_DIR / EMULATION_BACKEND) if record.accel == "tcg"
+                else "llama_cpp/lib/libggml-cpu.so")
+    assert maps.exit_code == 0 and expected in maps.stdout, maps.stdout
 
 
 def test_memory_add_search_export_import(booted_vm: str, vm_env: dict[str, str],
@@ -91,24 +118,3 @@ def test_model_add_copies_a_gguf_and_the_agent_serves_it(
     bogus.write_bytes(b"{}" * 10)
     refused = somnus(vm_env, "model", "add", str(bogus), "--vm", booted_vm)
     assert refused.returncode == 2 and "only GGUF" in refused.stderr
-
-
-def test_a_tcg_guest_runs_the_emulation_build(booted_vm: str, service: VMService) -> None:
-    """Under TCG the agent loads the no-SIMD llama.cpp backend and the Q4_0 model the
-    image ships for it (guest_agent.llama_build); under KVM, the wheel's own."""
-    record = service.store.get_vm(booted_vm)
-    wait_model_ready(service, booted_vm)
-    agent = service.agent(record)
-    info, status = agent.info(), agent.model_status()
-    if record.accel == "tcg":
-        assert info.llama_build == "emulation", info.llama_build_reason
-        assert status.loaded_path == str(EMULATION_DIR / EMULATION_MODEL)
-        assert status.file_type == "Q4_0"
-    else:
-        assert info.llama_build == "portable", info.llama_build_reason
-        assert status.file_type == "Q4_1"
-    maps = service.run(booted_vm, "sudo grep -h libggml-cpu /proc/$(systemctl show -p MainPID "
-                                  "--value somnus-agent)/maps | awk '{print $6}' | sort -u")
-    expected = (str(EMULATION_DIR / EMULATION_BACKEND) if record.accel == "tcg"
-                else "llama_cpp/lib/libggml-cpu.so")
-    assert maps.exit_code == 0 and expected in maps.stdout, maps.stdout
