@@ -1,4 +1,4 @@
-"""What TCG guests run instead of the wheel's llama.cpp: a no-SIMD CPU backend and a Q4_0 model.
+"""What TCG guests run instead of the wheel's llama.cpp: a no-SIMD CPU backend, models to match.
 
 Both are made on the host when the image is built, cached together in
 ``<wheels>/emulation-<key>/`` (the key names the llama wheel, the flags and the model pin),
