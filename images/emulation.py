@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 import zipfile
 from datetime import UTC, datetime
@@ -42,14 +41,7 @@ from guest_agent.protocol.models_dir import (
 )
 from images import recipe, wheels
 from images.embedder import ensure_embedder
-from images.plumbing import (
-    BuildLog,
-    Progress,
-    exclusive_lock,
-    make_world_readable,
-    print_ensured,
-    publish_dir,
-)
+from images.plumbing import BuildLog, Progress, build_once, print_ensured
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 # The cmake options llama-cpp-python's own build uses for the libraries we share with it.
@@ -79,29 +71,26 @@ def ensure_emulation(
     if _complete(final):
         return final
     log = log or BuildLog.new(settings, "emulation", progress)
-    with exclusive_lock(settings.wheels_dir / ".lock"):
-        if _complete(final):
-            return final
-        staged = Path(tempfile.mkdtemp(prefix=".tmp-emulation-", dir=settings.wheels_dir))
-        try:
-            log.note("emulation: compiling llama.cpp's CPU backend without SIMD (~25 s)")
-            _build_backend(staged, log)
-            log.note(f"emulation: quantizing the chat model to {recipe.EMULATION_MODEL_TYPE} "
-                     f"and MiniLM to {recipe.EMULATION_EMBEDDER_TYPE}")
-            _quantize_model(settings, staged, log)
-            _quantize(log, ensure_embedder(settings, log=log), staged / EMULATION_EMBEDDER,
-                      recipe.EMULATION_EMBEDDER_TYPE)
-            info = {"llama_cpp_python": wheels.LLAMA_CPP_VERSION,
-                    "cmake_args": recipe.EMULATION_CMAKE_ARGS,
-                    "model": recipe.MODEL_REQUIREMENT,
-                    "model_type": f"{recipe.EMULATION_MODEL_TYPE} (pure)",
-                    "embedder_type": recipe.EMULATION_EMBEDDER_TYPE,
-                    "created_at": datetime.now(UTC).isoformat()}  # fmt: skip
-            (staged / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
-            make_world_readable(staged)
-            publish_dir(staged, final)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+    build_log = log
+    embedder = ensure_embedder(settings, log=log)  # before the lock: it takes the lock too
+
+    def build(staged: Path) -> None:
+        build_log.note("emulation: compiling llama.cpp's CPU backend without SIMD (~25 s)")
+        _build_backend(staged, build_log)
+        build_log.note(f"emulation: quantizing the chat model to {recipe.EMULATION_MODEL_TYPE} "
+                       f"and MiniLM to {recipe.EMULATION_EMBEDDER_TYPE}")
+        _quantize_model(settings, staged, build_log)
+        _quantize(build_log, embedder, staged / EMULATION_EMBEDDER,
+                  recipe.EMULATION_EMBEDDER_TYPE)
+        info = {"llama_cpp_python": wheels.LLAMA_CPP_VERSION,
+                "cmake_args": recipe.EMULATION_CMAKE_ARGS,
+                "model": recipe.MODEL_REQUIREMENT,
+                "model_type": f"{recipe.EMULATION_MODEL_TYPE} (pure)",
+                "embedder_type": recipe.EMULATION_EMBEDDER_TYPE,
+                "created_at": datetime.now(UTC).isoformat()}  # fmt: skip
+        (staged / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    build_once(final, lambda: _complete(final), build, settings.wheels_dir / ".lock")
     log.note(f"emulation: {final}")
     return final
 

@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -194,6 +195,28 @@ def make_world_readable(root: Path) -> None:
             os.chmod(os.path.join(dirpath, name), 0o755)
         for name in filenames:
             os.chmod(os.path.join(dirpath, name), 0o644)
+
+
+def build_once(final: Path, ready: Callable[[], bool], build: Callable[[Path], None],
+               lock: Path) -> None:
+    """Make the cached folder ``final`` unless ``ready()``: under ``lock`` (checked again
+    once held), ``build`` fills a staging folder beside it, which is made world-readable
+    and renamed into place, so a failed or killed build leaves nothing that looks done.
+
+    ``build`` must not take ``lock`` itself: ensure what it needs before calling this.
+    """
+    if ready():
+        return
+    with exclusive_lock(lock):
+        if ready():
+            return
+        staged = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+        try:
+            build(staged)
+            make_world_readable(staged)
+            publish_dir(staged, final)
+        finally:
+            shutil.rmtree(staged, ignore_errors=True)
 
 
 def publish_dir(staged: Path, final: Path) -> bool:

@@ -23,7 +23,7 @@ from images import recipe
 from images.plumbing import (
     BuildLog,
     Progress,
-    exclusive_lock,
+    build_once,
     make_world_readable,
     print_ensured,
     publish_dir,
@@ -72,35 +72,32 @@ def ensure_llama_wheel(
     if (wheel := find_llama_wheel(settings)) is not None:
         return wheel
     log = log or BuildLog.new(settings, "llama-wheel", progress)
-    with exclusive_lock(settings.wheels_dir / ".lock"):
-        if (wheel := find_llama_wheel(settings)) is not None:
-            return wheel
-        staged = Path(tempfile.mkdtemp(prefix=".tmp-llama-", dir=settings.wheels_dir))
-        try:
-            if (source := _adoptable_wheel(settings)) is not None:
-                log.note(f"wheels: adopting {source}")
-                shutil.copy2(source, staged / source.name)
-                origin = f"adopted from {source}"
-            else:
-                log.note(f"wheels: compiling llama-cpp-python {LLAMA_CPP_VERSION} "
-                         "(6-9 min on 2 cores; progress every 30 s)")
-                _build_llama(staged, log)
-                origin = "built"
-            info = {
-                "version": LLAMA_CPP_VERSION,
-                "cmake_args": PORTABLE_CMAKE_ARGS,
-                "origin": origin,
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-            (staged / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
-            if len(list(staged.glob(_LLAMA_GLOB))) != 1:
-                raise ImageBuildError(
-                    f"stage 'wheels': no llama wheel was produced; log: {log.path}"
-                )
-            make_world_readable(staged)
-            publish_dir(staged, llama_wheel_dir(settings))
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+    build_log = log
+
+    def build(staged: Path) -> None:
+        if (source := _adoptable_wheel(settings)) is not None:
+            build_log.note(f"wheels: adopting {source}")
+            shutil.copy2(source, staged / source.name)
+            origin = f"adopted from {source}"
+        else:
+            build_log.note(f"wheels: compiling llama-cpp-python {LLAMA_CPP_VERSION} "
+                           "(6-9 min on 2 cores; progress every 30 s)")
+            _build_llama(staged, build_log)
+            origin = "built"
+        info = {
+            "version": LLAMA_CPP_VERSION,
+            "cmake_args": PORTABLE_CMAKE_ARGS,
+            "origin": origin,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        (staged / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+        if len(list(staged.glob(_LLAMA_GLOB))) != 1:
+            raise ImageBuildError(
+                f"stage 'wheels': no llama wheel was produced; log: {build_log.path}"
+            )
+
+    build_once(llama_wheel_dir(settings), lambda: find_llama_wheel(settings) is not None,
+               build, settings.wheels_dir / ".lock")
     wheel = find_llama_wheel(settings)
     assert wheel is not None
     log.note(f"wheels: llama wheel {wheel}")
@@ -150,17 +147,14 @@ def ensure_guest_wheelhouse(
     if (final / "requirements.txt").is_file():
         return final
     log = log or BuildLog.new(settings, "wheelhouse", progress)
-    with exclusive_lock(settings.wheels_dir / ".lock"):
-        if (final / "requirements.txt").is_file():
-            return final
-        log.note(f"wheels: downloading the guest wheelhouse into {final}")
-        staged = Path(tempfile.mkdtemp(prefix=".tmp-guest-", dir=settings.wheels_dir))
-        try:
-            _download_wheelhouse(settings, staged, llama, log)
-            make_world_readable(staged)
-            publish_dir(staged, final)
-        finally:
-            shutil.rmtree(staged, ignore_errors=True)
+    build_log = log
+
+    def build(staged: Path) -> None:
+        build_log.note(f"wheels: downloading the guest wheelhouse into {final}")
+        _download_wheelhouse(settings, staged, llama, build_log)
+
+    build_once(final, lambda: (final / "requirements.txt").is_file(), build,
+               settings.wheels_dir / ".lock")
     return final
 
 

@@ -19,6 +19,8 @@ it is part of.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,12 +94,18 @@ def heading(text: str) -> str:
 
 def section(text: str, start: int) -> str:
     """The last section heading that begins before character ``start``, else ''."""
-    found = ""
-    for match in _PARAGRAPH_TEXT.finditer(text, 0, start):
-        line = match.group(1)
-        if _looks_like_heading(line):
-            found = line
-    return found
+    starts, lines = _headings(text)
+    found = bisect.bisect_left(starts, start)
+    return lines[found - 1] if found else ""
+
+
+@functools.lru_cache(maxsize=8)
+def _headings(text: str) -> tuple[list[int], list[str]]:
+    """Where each section heading of ``text`` begins, and its line: found once per text,
+    not once per chunk (a text's chunks are indexed one after another)."""
+    found = [(m.start(1), m.group(1)) for m in _PARAGRAPH_TEXT.finditer(text)
+             if _looks_like_heading(m.group(1))]
+    return [pos for pos, _ in found], [line for _, line in found]
 
 
 def _looks_like_heading(line: str) -> bool:

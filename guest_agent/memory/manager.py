@@ -212,7 +212,7 @@ class MemoryManager:
         model = embedder.embedding_model_id
         index = VectorIndex(embedder.embedding_dim,
                             index_kind(self.kind, self.store.count_embedded(model)))
-        for ids, vectors in self.store.iter_embeddings(embedder.embedding_model_id):
+        for ids, vectors in self.store.iter_embeddings(model):
             index.add(ids, vectors)
         return index
 

@@ -13,6 +13,9 @@ import pytest
 from core.config import load_settings
 from guest_agent.llama_build import Choice, LlamaBuild, choose
 from guest_agent.protocol.models_dir import EMULATION_BACKEND, EMULATION_MODEL
+from guest_agent.quantize import file_type_name
+from guest_agent.quantize import main as quantize_main
+from guest_agent.runtime import default_model_path
 from images.emulation import ensure_emulation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,3 +72,11 @@ def test_the_chosen_backend_is_the_one_llama_cpp_runs_on(build: str) -> None:
     assert report["text"].strip(), "the model produced nothing"
     [loaded] = report["maps"]  # exactly one CPU backend in the process
     assert (loaded == str(folder / EMULATION_BACKEND)) is (build == "emulation")
+
+
+def test_the_quantize_entry_point_writes_the_type_asked(tmp_path: Path) -> None:
+    """What the image build runs (``python -m guest_agent.quantize``) to make its models."""
+    dest = tmp_path / "smol.q8_0.gguf"
+    assert quantize_main([str(default_model_path()), str(dest), "Q8_0", "--threads", "2"]) == 0
+    assert file_type_name(dest) == "Q8_0"
+    assert quantize_main([str(tmp_path / "missing.gguf"), str(dest), "Q4_0"]) == 1
