@@ -115,14 +115,16 @@ def _with_event_models(app: FastAPI) -> None:
 
 
 def create_app(settings: Settings | None = None, *, host: Host | None = None,
-               api_host: str | None = None, live: bool = False) -> FastAPI:
+               api_host: str | None = None, live: bool = False,
+               monitor: bool = False) -> FastAPI:
     """The API over one Somnus home.
 
     ``host`` is the composition root to serve (tests pass one over libvirt's test
     driver and fakes); without it one is built from ``settings``. ``api_host`` is
     where it listens (for the security view). With ``live`` (``somnus serve``), the
     start-up first recovers what a killed command left open, then follows libvirt's
-    lifecycle events so reads need no libvirt call.
+    lifecycle events so reads need no libvirt call. With ``monitor``, the security
+    monitor samples, enforces the policy and logs in a thread while the app runs.
     """
     if host is None:
         if live:
@@ -142,7 +144,11 @@ def create_app(settings: Settings | None = None, *, host: Host | None = None,
                 log.warning("no libvirt events (%s): reads ask libvirt each time", exc)
                 ctx.live = None
                 ctx.reads = ReadCache(ctx.settings.db_path, None)
+        watching = host.security.monitor().start() if monitor else None
         yield
+        if watching is not None:
+            watching[1].set()
+            watching[0].join(timeout=10)
         if view is not None:
             view.stop()
         ctx.reads.close()

@@ -20,7 +20,6 @@ from fastapi import Path, Query
 from pydantic import (
     AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -31,6 +30,7 @@ from pydantic import (
 from pydantic import Strict as StrictType
 
 from core.errors import InvalidInput, SomnusError
+from core.types import WHOLE
 from guest_agent.protocol import (
     ChatCompletionResponse,
     MemoryCreate,
@@ -139,23 +139,13 @@ BlockPath = Annotated[str, Path(min_length=1, max_length=255,
 VersionQuery = Annotated[int | None, Query(ge=1, description="version (default: the latest)")]
 
 
-def _whole(value: object) -> object:
-    """JSON Schema's integer includes 3.0; pydantic's strict int does not: make it 3."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-# Integers as JSON Schema has them: no bools, no strings, 3.0 allowed. The bounds sit
-# inside, before the validator, or the OpenAPI document gets pydantic's raw 'ge'/'le'.
-_WHOLE = BeforeValidator(_whole)
-MemoryMiB = Annotated[int, StrictType(), Field(ge=256, le=1 << 20), _WHOLE]
-VCPUs = Annotated[int, StrictType(), Field(ge=1, le=256), _WHOLE]
-TopK = Annotated[int, StrictType(), Field(ge=0, le=1000), _WHOLE]
-MaxTokens = Annotated[int, StrictType(), Field(ge=1, le=32768), _WHOLE]
-Seed = Annotated[int, StrictType(), Field(ge=0, le=2**31 - 1), _WHOLE]
-Version = Annotated[int, StrictType(), Field(ge=1), _WHOLE]
-SearchTopK = Annotated[int, StrictType(), Field(ge=1, le=200), _WHOLE]  # the agent's bounds
+MemoryMiB = Annotated[int, StrictType(), Field(ge=256, le=1 << 20), WHOLE]
+VCPUs = Annotated[int, StrictType(), Field(ge=1, le=256), WHOLE]
+TopK = Annotated[int, StrictType(), Field(ge=0, le=1000), WHOLE]
+MaxTokens = Annotated[int, StrictType(), Field(ge=1, le=32768), WHOLE]
+Seed = Annotated[int, StrictType(), Field(ge=0, le=2**31 - 1), WHOLE]
+Version = Annotated[int, StrictType(), Field(ge=1), WHOLE]
+SearchTopK = Annotated[int, StrictType(), Field(ge=1, le=200), WHOLE]  # the agent's bounds
 # Free text that reaches libvirt's XML or git's argv: no NUL or other C0 control but
 # tab and newlines, nor U+FFFE/U+FFFF (XML 1.0 cannot carry them; C strings end at NUL).
 PLAIN_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]*$"
@@ -475,7 +465,7 @@ def _overrides(model: type[BaseModel]) -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, info in model.model_fields.items():
         strict = [StrictType()] if info.annotation in (int, float) else []
-        whole = [_WHOLE] if info.annotation is int else []
+        whole = [WHOLE] if info.annotation is int else []
         extra = [*strict, *info.metadata, *whole]
         typed: Any = Annotated[(info.annotation, *extra)] if extra else info.annotation
         fields[name] = (Optional[typed], Field(default=None, description=info.description))  # noqa: UP045

@@ -20,6 +20,7 @@ from cli.demo import demo
 from cli.image import image_app
 from cli.model import model_app
 from cli.project import project_app
+from cli.security import security_app
 from cli.serve import api_app, serve
 from cli.session import session_app
 from cli.snapshot import snapshot_app
@@ -29,6 +30,7 @@ from cli.vm import vm_app
 from core.config import load_settings
 from core.errors import SomnusError
 from core.logs import configure_logging
+from guest_agent.protocol.redaction import RedactingFilter
 
 app = typer.Typer(help="Somnus: a local-first AI workstation where every subsystem is a VM.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -38,6 +40,7 @@ app.add_typer(template_app, name="template")
 app.add_typer(session_app, name="session")
 app.add_typer(project_app, name="project")
 app.add_typer(artifact_app, name="artifact")
+app.add_typer(security_app, name="security")
 app.command()(demo)
 app.command()(activate)
 app.command()(status)
@@ -57,7 +60,7 @@ def main() -> None:
     # Best effort: the command itself reports a bad setting, and an unwritable
     # SOMNUS_HOME only costs the log file (``somnus --help`` must still work).
     with suppress(SomnusError, OSError):
-        configure_logging(load_settings(), "cli")
+        configure_logging(load_settings(), "cli", filters=[RedactingFilter()])
         logged = True
     try:
         app()

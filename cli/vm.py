@@ -180,5 +180,11 @@ def vm_info(name: str, as_json: JsonFlag = False) -> None:
     if agent:
         table.add_row("guest kernel", agent["kernel"])
         table.add_row("models", ", ".join(m["name"] for m in agent["models"]) or "none")
+    security = data["security"] + (f" ({data['security_hold']})" if data["security_hold"] else "")
+    table.add_row("security", security)
+    readings = data["security_report"]["metrics"]
+    if readings:
+        table.add_row("security readings", ", ".join(
+            f"{k} {v:.0f}" for k, v in sorted(readings.items())))
     table.add_row("history", " -> ".join(h["to_state"] for h in data["history"]))
     out.print(table)

@@ -49,6 +49,10 @@ class Conflict(SomnusError):
     http_status = 409
 
 
+class SecurityHold(Conflict):
+    """The security policy suspended or terminated the VM: it stays down until released."""
+
+
 class HypervisorUnavailable(SomnusError):
     """libvirt or QEMU cannot be reached or refused the request."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from core.config import Settings
@@ -38,9 +39,12 @@ def log_path(settings: Settings) -> Path:
     return settings.home / "logs" / "somnus.log"
 
 
-def configure_logging(settings: Settings, process: str, max_bytes: int = MAX_BYTES) -> Path:
+def configure_logging(settings: Settings, process: str, max_bytes: int = MAX_BYTES,
+                      filters: Sequence[logging.Filter] = ()) -> Path:
     """Send this process's logging (INFO and up) to the host log file; return its path.
 
+    ``filters`` see every line before it is written (the callers pass the secret
+    redaction, which lives with the guest protocol, where ``core`` may not look).
     Idempotent: a second call keeps the one handler (re-pointed if the home changed).
     Raises ``OSError`` when the folder cannot be made or the file not opened; the
     caller decides whether that matters.
@@ -50,6 +54,7 @@ def configure_logging(settings: Settings, process: str, max_bytes: int = MAX_BYT
     for handler in [h for h in root.handlers if isinstance(h, _SomnusFileHandler)]:
         if handler.baseFilename == os.path.abspath(path):
             handler.name_process(process)
+            _add_filters(handler, filters)
             return path
         root.removeHandler(handler)
         handler.close()
@@ -58,6 +63,7 @@ def configure_logging(settings: Settings, process: str, max_bytes: int = MAX_BYT
         path.parent.chmod(0o700)
     handler = _SomnusFileHandler(path, maxBytes=max_bytes, backupCount=BACKUPS, encoding="utf-8")
     handler.name_process(process)
+    _add_filters(handler, filters)
     handler.setLevel(logging.INFO)
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
@@ -67,3 +73,9 @@ def configure_logging(settings: Settings, process: str, max_bytes: int = MAX_BYT
         if quiet.level == logging.NOTSET:
             quiet.setLevel(logging.WARNING)
     return path
+
+
+def _add_filters(handler: logging.Handler, filters: Sequence[logging.Filter]) -> None:
+    for new in filters:
+        if not any(type(f) is type(new) for f in handler.filters):
+            handler.addFilter(new)

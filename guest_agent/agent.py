@@ -11,9 +11,11 @@ from guest_agent.gate import RequestGate
 from guest_agent.memory.manager import MemoryManager
 from guest_agent.prompts.bridge import PromptBridge
 from guest_agent.protocol import AgentConfig, AgentStatus, ModelState
+from guest_agent.protocol.security import GuestEventKind, Redaction, ScreeningResult
 from guest_agent.runtime import ModelRuntime
 from guest_agent.sandbox.runner import Sandbox, SandboxUnavailable, open_sandbox
 from guest_agent.sandbox.web import WebArtifacts
+from guest_agent.security import SecurityLedger
 
 log = logging.getLogger(__name__)
 
@@ -23,11 +25,14 @@ class Agent:
 
     def __init__(self, config: AgentConfig, runtime: ModelRuntime | None = None) -> None:
         self.config = config
+        self.ledger = SecurityLedger()
         data_dir = Path(config.data_dir)
         self.runtime = runtime or ModelRuntime(config.model, data_dir)
-        self.memory = MemoryManager(data_dir, config.memory_index)
+        self.memory = MemoryManager(data_dir, config.memory_index,
+                                    on_redaction=self._redacted)
         self.bridge = PromptBridge(self.memory.store, config.subsystem)
-        self.engine = ChatEngine(self.runtime, self.memory, self.bridge)
+        self.engine = ChatEngine(self.runtime, self.memory, self.bridge,
+                                 on_flagged=self._flagged)
         self.gate = RequestGate(config.max_queue)
         self.boot_error: str | None = None
         self._booted = threading.Event()
@@ -35,6 +40,16 @@ class Agent:
         self._sandbox_lock = threading.Lock()
         self._web: WebArtifacts | None = None
         self._data_dir = data_dir
+
+    def _redacted(self, redaction: Redaction) -> None:
+        kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(redaction.kinds.items()))
+        self.ledger.record(GuestEventKind.SECRET_REDACTED, f"from a memory: {kinds}")
+
+    def _flagged(self, result: ScreeningResult) -> None:
+        where = result.source.value + (f" {result.ref}" if result.ref else "")
+        self.ledger.record(GuestEventKind.PROMPT_INJECTION,
+                           f"{where}: threat {result.threat.value} "
+                           f"({', '.join(result.matched)})")
 
     @property
     def sandbox(self) -> Sandbox:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import os
@@ -70,8 +71,10 @@ from guest_agent.protocol import (
 )
 from guest_agent.protocol.models_dir import list_models
 from guest_agent.protocol.runs import RunRequest, WebRequest, WebStatus
+from guest_agent.protocol.security import GuestEventKind, GuestMetrics
 from guest_agent.runtime import InputTooLong, ModelNotReady, ModelRuntime
 from guest_agent.sandbox.runner import SandboxBusy, SandboxError, SandboxUnavailable
+from guest_agent.security import FailureThrottle, own_cgroup
 
 # Below this the guest clock is left alone (the request itself takes milliseconds).
 CLOCK_TOLERANCE_S = 0.5
@@ -177,7 +180,8 @@ def save_config(config: AgentConfig, path: Path) -> None:
 
 
 def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
-               config_path: Path | None = None, identity_dir: Path | None = None) -> FastAPI:
+               config_path: Path | None = None, identity_dir: Path | None = None,
+               failures: FailureThrottle | None = None) -> FastAPI:
     """Build the agent app bound to one VM's config and token.
 
     ``runtime`` lets several apps share one loaded model (tests, benchmarks);
@@ -185,24 +189,30 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
     ``config_path``: where ``POST /identity`` writes a new identity (None: memory only);
     ``identity_dir``: where it hands the system's part to the root unit
     (``guest_agent.identity``; None: not applied, as in tests without a guest).
+    ``failures``: how failed authentications are slowed down (the default throttle).
     """
     started = time.monotonic()
     # The name and token change when a VM made from a template takes its own (/identity).
     current = [config]
     agent = Agent(config, runtime)
 
-    def require_token(request: Request) -> None:
+    failures = failures or FailureThrottle()
+
+    async def require_token(request: Request) -> None:
         # 401 for a missing and a wrong token alike: OpenAI clients read 401 as "bad key".
+        # Constant-time comparison; past the limit each failure is answered slower.
         given = request.headers.get("authorization", "").encode()
-        if not given:
-            raise HTTPException(status_code=401, detail="missing bearer token",
-                                headers=BEARER_CHALLENGE)
-        if not hmac.compare_digest(given, f"Bearer {current[0].token}".encode()):
-            raise HTTPException(status_code=401, detail="wrong token", headers=BEARER_CHALLENGE)
+        if given and hmac.compare_digest(given, f"Bearer {current[0].token}".encode()):
+            return
+        why = "wrong token" if given else "missing bearer token"
+        agent.ledger.record(GuestEventKind.AUTH_FAILURE, f"{why}: {request.url.path}")
+        await asyncio.sleep(failures.delay_s())
+        raise HTTPException(status_code=401, detail=why, headers=BEARER_CHALLENGE)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         agent.start()
+        agent.ledger.follow_ssh()
         yield
         await run_in_threadpool(agent.wait_ready, 120)
         await run_in_threadpool(agent.close)
@@ -254,6 +264,11 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
             model=agent.runtime.model_id,
             error=agent.error,
         )
+
+    @app.get("/security")
+    def security(since: int = 0) -> GuestMetrics:
+        """The guest's own security metrics, and its events numbered after ``since``."""
+        return agent.ledger.report(me().vm_name, since, own_cgroup())
 
     @app.post("/clock")
     def clock(request: ClockRequest) -> ClockResponse:
@@ -432,7 +447,7 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
         """Run a program in a fresh sandbox; its events stream as SSE, ending in a result."""
         events = agent.sandbox.start(request)  # refusals raise here, before the stream
         return StreamingResponse(
-            (_sse(event) for event in events),
+            (_sse(event) for event in agent.ledger.watch_runs(events)),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

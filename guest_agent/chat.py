@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from guest_agent.memory.manager import MemoryManager
 from guest_agent.prompts.base import PromptStrategy
 from guest_agent.prompts.bridge import PromptBridge
+from guest_agent.prompts.screening import quote_untrusted, screen
 from guest_agent.prompts.stack import AssembledPrompt, LayerItem, PromptLayers, assemble
 from guest_agent.protocol import (
     ChatCompletionRequest,
@@ -31,6 +32,7 @@ from guest_agent.protocol import (
     Timings,
     Usage,
 )
+from guest_agent.protocol.security import ContentSource, ScreeningResult
 from guest_agent.runtime import ModelRuntime, SamplingParams
 
 USER_PREFIX, ASSISTANT_PREFIX = "User: ", "\nAssistant: "
@@ -78,6 +80,7 @@ class Turn:
     usage: Usage | None = None
     timings: Timings | None = None
     stored_memory_id: str | None = None
+    screening: list[ScreeningResult] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[str]:
         start = time.perf_counter()
@@ -120,16 +123,27 @@ class Turn:
             memories_used=self.prompt.memory_refs,
             stored_memory_id=self.stored_memory_id,
             conversation_id=self.conversation_id,
+            screening=self.screening,
         )
 
 
 class ChatEngine:
-    """Builds and runs turns against one runtime, memory and prompt bridge."""
+    """Builds and runs turns against one runtime, memory and prompt bridge.
 
-    def __init__(self, runtime: ModelRuntime, memory: MemoryManager, bridge: PromptBridge) -> None:
+    ``on_flagged`` hears of each prompt item that screening flagged (the security log).
+    """
+
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        memory: MemoryManager,
+        bridge: PromptBridge,
+        on_flagged: Callable[[ScreeningResult], None] | None = None,
+    ) -> None:
         self.runtime = runtime
         self.memory = memory
         self.bridge = bridge
+        self.on_flagged = on_flagged
         self.last_prompt: PromptInspection | None = None
 
     def prepare(self, request: ChatCompletionRequest) -> Turn:
@@ -140,7 +154,10 @@ class ChatEngine:
         opts = request.somnus
         cfg = self.runtime.config
         strategy = self.bridge.select(opts.role)
-        new_directives = strategy.observe(last.content)
+        # The self-modifying prompt learns nothing from a message that looks like an
+        # injection (a pasted document telling the model what to become).
+        suspect = screen(last.content, ContentSource.USER_INPUT) is not None
+        new_directives = [] if suspect else strategy.observe(last.content)
         if opts.store and self.memory.ready:
             for directive in new_directives:
                 self.memory.add(
@@ -165,6 +182,7 @@ class ChatEngine:
             working=working,
             scratchpad=[LayerItem(strategy.scratchpad())],
         )
+        screening = self._screen(layers)
         max_tokens = request.max_tokens or cfg.max_new_tokens
         prompt = assemble(self.runtime, layers, self.runtime.n_ctx, max_tokens)
         self.last_prompt = prompt.inspection(strategy.name, strategy.role)
@@ -189,7 +207,31 @@ class ChatEngine:
             prompt=prompt,
             params=params,
             engine=self,
+            screening=screening,
         )
+
+    def _screen(self, layers: PromptLayers) -> list[ScreeningResult]:
+        """Screen the user's message and every memory, context item and history turn for
+        prompt injection; a flagged one stays in its layer, quoted as data."""
+        flagged: list[ScreeningResult] = []
+
+        def guard(text: str, source: ContentSource, ref: str | None) -> str:
+            result = screen(text, source, ref)
+            if result is None:
+                return text
+            flagged.append(result)
+            if self.on_flagged is not None:
+                self.on_flagged(result)
+            return quote_untrusted(text, result)
+
+        layers.user = guard(layers.user, ContentSource.USER_INPUT, None)
+        layers.memory = [replace(i, text=guard(i.text, ContentSource.MEMORY, i.ref))
+                         for i in layers.memory]
+        layers.context = [replace(i, text=guard(i.text, ContentSource.CONTEXT, str(n)))
+                          for n, i in enumerate(layers.context)]
+        layers.working = [replace(i, text=guard(i.text, ContentSource.HISTORY, str(n)))
+                          for n, i in enumerate(layers.working)]
+        return flagged
 
     def _working_memory(
         self, history: list[ChatMessage], conversation_id: str, opts: SomnusChatOptions

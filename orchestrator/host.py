@@ -28,6 +28,8 @@ from orchestrator.projects import ProjectService
 from orchestrator.projects.remote import Remote
 from orchestrator.projects.tables import ProjectStore
 from orchestrator.seams import AgentFactory, FaultHook, Settler, env_faults
+from orchestrator.security.service import SecurityService
+from orchestrator.security.tables import SecurityStore
 from orchestrator.settle import DetachedSettler, InlineSettler
 from orchestrator.store import Store
 from orchestrator.swap import SwapEngine
@@ -62,6 +64,7 @@ class Host:
         self.swap = SwapEngine(self.vms, settler, faults)
         self.vms.foreground = self.swap
         self.vms.prepare = self.swap.recover
+        self.security = SecurityService(self.vms, SecurityStore(self.engine))
         self.chat = ChatService(self.vms, self.swap, notes=self.project_store.take_note)
         self.artifacts = ArtifactService(ArtifactStore(self.engine), self.vms, self.swap,
                                          settings.home, projects=self.projects,

@@ -29,7 +29,13 @@ from pathlib import Path
 import psutil
 
 from core.config import Settings
-from core.errors import Conflict, HypervisorUnavailable, InsufficientResources, NotFound
+from core.errors import (
+    Conflict,
+    HypervisorUnavailable,
+    InsufficientResources,
+    NotFound,
+    SecurityHold,
+)
 from core.types import Progress
 from orchestrator import eviction, ramfile
 from orchestrator.budget import MIB, BudgetView, Meter, QemuMeter, projected_mib
@@ -186,12 +192,21 @@ class Lifecycle:
             raise InsufficientResources(
                 f"VM '{name}' needs {need} MiB but this host has {total} MiB of RAM")
 
+    def check_not_held(self, record: VMRecord) -> None:
+        """Refuse a VM the security policy holds (SecurityHold), naming the way out."""
+        hold = self.store.get_vm(record.name).security_hold
+        if hold:
+            raise SecurityHold(f"VM '{record.name}' is held: {hold}; inspect it, then "
+                               f"'somnus security release {record.name}'")
+
     def admit(self, record: VMRecord) -> None:
         """May ``record`` come into RAM now? Raises InsufficientResources if not.
 
         What it may still grow by (its RAM plus overhead, less what its QEMU already
         holds) must fit the budget beside every resident VM, and the host's free memory.
+        A VM the security policy holds is refused (SecurityHold) until released.
         """
+        self.check_not_held(record)
         self.check_can_fit(record.name, record.memory_mib)
         budget = self.budget()
         extra = max(0, projected_mib(record, self.settings)
@@ -490,7 +505,7 @@ class Lifecycle:
             try:
                 self.admit(record)
                 self.hv.resume(record.domain_name)
-            except InsufficientResources:
+            except (InsufficientResources, SecurityHold):
                 force = True
         clean = self.hv.stop(record.domain_name, timeout_s=timeout_s, force=force)
         if self.hv.has_managed_save(record.domain_name):
@@ -514,6 +529,35 @@ class Lifecycle:
             self.hv.remove_managed_save(record.domain_name)
         self._fresh_ram(record)
         return self._move(record, S.STOPPED, reason)
+
+    # -- the security policy's actions ---------------------------------------------------
+
+    def hold_suspended(self, record: VMRecord, why: str) -> VMRecord:
+        """Pause the VM for the security policy (RAM kept for inspection) and hold it:
+        nothing resumes it until :meth:`release`. A VM already out of RAM is held as
+        it is."""
+        record = self.store.set_hold(record.name, f"suspended by {why}")
+        if self.hv.state(record.domain_name) is S.RUNNING:
+            self.hv.pause(record.domain_name)
+            return self._move(record, S.PAUSED, f"security: {why}")
+        return record
+
+    def hold_terminated(self, record: VMRecord, why: str) -> VMRecord:
+        """Pull the plug for the security policy; the disk stays, the VM is held."""
+        self.store.set_hold(record.name, f"terminated by {why}")
+        self.hv.stop(record.domain_name, force=True)
+        if self.hv.has_managed_save(record.domain_name):
+            self.hv.remove_managed_save(record.domain_name)
+        return self._move(record, S.STOPPED, f"security: {why}")
+
+    def release(self, record: VMRecord, resume: bool) -> VMRecord:
+        """Lift the hold. A suspended VM resumes with its memory as it was if ``resume``
+        (it is the foreground), else stays paused for the swap engine to bring forward;
+        a terminated one stays stopped until started."""
+        record = self.store.set_hold(record.name, None)
+        if resume and self.hv.state(record.domain_name) is S.PAUSED:
+            return self.resume(record, "security: released by the user")
+        return record
 
     def revert(self, record: VMRecord, snapshot: str, running: bool) -> VMState:
         """Disk (and memory, for a snapshot taken running) back to ``snapshot``."""

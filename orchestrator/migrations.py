@@ -435,3 +435,41 @@ def m003_artifacts(conn: Connection) -> None:
 def m004_vms_web_port(conn: Connection) -> None:
     """``vms.web_port``: the host port forwarded to the artifacts VM's web artifacts."""
     conn.exec_driver_sql("ALTER TABLE vms ADD COLUMN web_port INTEGER")
+
+
+@migration
+def m005_security(conn: Connection) -> None:
+    """The security monitor: ``vms.security_hold``, its samples and its anomaly log
+    (``orchestrator.security.tables``)."""
+    for statement in (
+        # Why the policy holds the VM (suspended or terminated); NULL: it is free to run.
+        "ALTER TABLE vms ADD COLUMN security_hold TEXT",
+        """CREATE TABLE security_samples (
+    id INTEGER NOT NULL,
+    vm_name VARCHAR NOT NULL,
+    at FLOAT NOT NULL,
+    metrics VARCHAR NOT NULL,
+    PRIMARY KEY (id)
+)""",
+        "CREATE INDEX ix_security_samples_vm_name ON security_samples (vm_name)",
+        """CREATE TABLE security_events (
+    id INTEGER NOT NULL,
+    at DATETIME NOT NULL,
+    vm_name VARCHAR NOT NULL,
+    kind VARCHAR(7) NOT NULL,
+    level VARCHAR(8) NOT NULL,
+    rule VARCHAR,
+    metric VARCHAR,
+    value FLOAT,
+    threshold FLOAT,
+    action VARCHAR,
+    detail VARCHAR NOT NULL,
+    evidence VARCHAR NOT NULL,
+    guest_epoch FLOAT,
+    guest_seq INTEGER,
+    PRIMARY KEY (id)
+)""",
+        "CREATE INDEX ix_security_events_at ON security_events (at)",
+        "CREATE INDEX ix_security_events_vm_name ON security_events (vm_name)",
+    ):
+        conn.exec_driver_sql(statement)

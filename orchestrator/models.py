@@ -63,6 +63,9 @@ class VMRecord(SQLModel, table=True):
     domain_uuid: str | None = None  # libvirt's UUID: tells our domains from orphans
     # The host port of the artifacts VM's web artifacts (None: other VMs have none).
     web_port: int | None = None
+    # Why the security policy holds the VM ("suspended by rule 'auth-flood'"): it does not
+    # run again until the user releases it ('somnus security release'). None: free.
+    security_hold: str | None = None
 
 
 class StateTransition(SQLModel, table=True):

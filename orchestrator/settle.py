@@ -52,8 +52,9 @@ def main() -> None:
     settings = load_settings()
     try:
         from core.logs import configure_logging
+        from guest_agent.protocol.redaction import RedactingFilter
 
-        configure_logging(settings, "settle")
+        configure_logging(settings, "settle", filters=[RedactingFilter()])
     except (ImportError, OSError):
         pass
     try:

@@ -107,6 +107,20 @@ class Store(SQLiteStore):
             s.delete(record)
             s.commit()
 
+    def set_hold(self, name: str, hold: str | None) -> VMRecord:
+        """Hold the VM for the security policy (why), or release it (None).
+
+        Only ``orchestrator.lifecycle`` calls this, beside the state change it goes with.
+        """
+        with self.session() as s:
+            record = s.exec(select(VMRecord).where(VMRecord.name == name)).one()
+            record.security_hold = hold
+            record.updated_at = utcnow()
+            s.add(record)
+            s.commit()
+            s.refresh(record)
+            return record
+
     def touch(self, name: str) -> None:
         """Mark the VM as just used (LRU order for demotion)."""
         with self.session() as s:

@@ -119,7 +119,9 @@ class SwapEngine:
         move the previous VM to its tier.
         """
         with self.vms.lock():
-            self.lifecycle.check_can_fit(target.name, target.memory_mib)  # before anyone moves
+            # Before anyone moves: a VM that can never fit, or that the policy holds.
+            self.lifecycle.check_can_fit(target.name, target.memory_mib)
+            self.lifecycle.check_not_held(target)
             previous = self.store.foreground()
             swap = self.store.open_swap(previous, target.name)
             assert swap.seq is not None
@@ -422,7 +424,8 @@ class SwapEngine:
             else:
                 self.demote(moving, Tier.SAVED)
         prev = self.store.find_vm(previous) if previous else None
-        if prev is not None and self.hv.exists(prev.domain_name):
+        # A VM the security policy holds stays down: only its release brings it back.
+        if prev is not None and not prev.security_hold and self.hv.exists(prev.domain_name):
             state = self.lifecycle.current(prev)
             if state is VMState.PAUSED:
                 self.lifecycle.resume(prev, "swap rolled back")

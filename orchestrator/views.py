@@ -22,6 +22,13 @@ from guest_agent.protocol import InfoResponse, Subsystem
 from orchestrator import errors_log
 from orchestrator.lifecycle import live_state
 from orchestrator.models import StateTransition, VMRecord, VMState
+from orchestrator.security.service import (
+    SecurityLevel,
+    SecurityService,
+    VMSecurityView,
+    security_level,
+)
+from orchestrator.security.tables import SecurityStore
 from orchestrator.store import Store
 from orchestrator.vms import Orphan, VMService
 
@@ -57,6 +64,8 @@ class VMView(BaseModel):
     last_error: str | None
     uptime_s: float | None  # seconds since it last entered 'running'; None unless running
     error_count: int
+    security: SecurityLevel  # held by the policy, warned in the last hour, or ok
+    security_hold: str | None = None  # why the policy holds it ('somnus security release')
 
 
 class SecurityStatus(BaseModel):
@@ -124,6 +133,7 @@ class VMDetail(VMView):
     history: list[TransitionView]
     recent_errors: list[ErrorView]
     agent: InfoResponse | None
+    security_report: VMSecurityView  # the monitor's latest readings, recent events
 
 
 class SnapshotView(BaseModel):
@@ -170,7 +180,8 @@ def _tier(record: VMRecord, state: VMState, foreground: str | None) -> Tier:
 
 
 def _view(record: VMRecord, domain_state: VMState | None, foreground: str | None,
-          since: dict[str, datetime], errors: dict[str, int], now: datetime) -> VMView:
+          since: dict[str, datetime], errors: dict[str, int], now: datetime,
+          security: dict[str, dict[str, int]]) -> VMView:
     observed = live_state(record, domain_state)
     started = since.get(record.name)
     running = observed.state is VMState.RUNNING
@@ -178,7 +189,8 @@ def _view(record: VMRecord, domain_state: VMState | None, foreground: str | None
     return VMView.model_validate({
         **record.model_dump(), "state": observed.state, "last_error": observed.error,
         "tier": _tier(record, observed.state, foreground), "uptime_s": uptime,
-        "error_count": errors.get(record.name, 0)})
+        "error_count": errors.get(record.name, 0),
+        "security": security_level(record.security_hold, security.get(record.name, {}))})
 
 
 def _views(service: VMService, states: DomainStates | None,
@@ -188,8 +200,13 @@ def _views(service: VMService, states: DomainStates | None,
     foreground, since, errors = store.foreground(), _running_since(store), \
         errors_log.error_counts(store)
     now = datetime.now(UTC)
-    return [_view(r, states(r), foreground, since, errors, now)
+    security = _security(service).recent_counts()
+    return [_view(r, states(r), foreground, since, errors, now, security)
             for r in (store.list_vms() if records is None else records)]
+
+
+def _security(service: VMService) -> SecurityService:
+    return SecurityService(service, SecurityStore(service.store.engine))
 
 
 def _private(path: Path) -> bool:
@@ -270,8 +287,10 @@ def vm_detail(service: VMService, name: str, states: DomainStates | None = None,
     info = service.info(name)
     store = service.store
     state = (states or service.lifecycle.domain_state)(info.record)
+    security = _security(service)
     view = _view(info.record, state, store.foreground(), _running_since(store),
-                 errors_log.error_counts(store), datetime.now(UTC))
+                 errors_log.error_counts(store), datetime.now(UTC), security.recent_counts())
+    (report,) = security.status(name)
     paths = {"root": str(info.paths.root), "disk": str(info.paths.overlay),
              "seed": str(info.paths.seed), "serial_log": str(info.paths.serial_log)}
     return VMDetail(
@@ -279,7 +298,7 @@ def vm_detail(service: VMService, name: str, states: DomainStates | None = None,
         history=[TransitionView.model_validate(h) for h in info.history],
         recent_errors=[ErrorView.model_validate(e)
                        for e in errors_log.list_errors(store, name, recent_errors)],
-        agent=info.agent,
+        agent=info.agent, security_report=report,
     )
 
 

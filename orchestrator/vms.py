@@ -628,7 +628,7 @@ class VMService:
         """Snapshot the disk, and the memory when the VM runs (internal qcow2 snapshot)."""
         validate_name(snapshot, what="snapshot")
         if len(description) > MAX_DESCRIPTION or any(
-                ord(c) < 32 and c not in "\t\n" for c in description):
+                ord(c) < 32 and c not in "\t\n\r" for c in description):
             # It goes into libvirt's XML, which cannot carry control characters.
             raise InvalidInput(f"invalid snapshot description: use at most {MAX_DESCRIPTION} "
                                "characters and no control characters")

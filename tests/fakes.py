@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from guest_agent.protocol import (
     Subsystem,
 )
 from guest_agent.protocol.runs import RunEvent, RunLimits, RunRequest, WebRequest, WebStatus
+from guest_agent.protocol.security import GuestMetrics
 from guest_agent.sandbox.bwrap import RunFolder
 from guest_agent.sandbox.cgroups import ProcessGroupJail
 from guest_agent.sandbox.runner import Sandbox, SandboxBusy, SandboxError
@@ -65,6 +67,7 @@ class StandInAgent:
         self.memories: list[MemoryRecord] = []
         self._sandbox: Sandbox | None = None
         self._web: WebArtifacts | None = None
+        self.guest: GuestMetrics | None = None  # what ``security`` reports
 
     def _check(self, call: str) -> None:
         self.calls.append(call)
@@ -84,6 +87,17 @@ class StandInAgent:
         return InfoResponse(vm_name=self.name, subsystem=Subsystem.CHAT, hostname=self.name,
                             kernel="stand-in", python="3", agent_version="t", packages={},
                             models=[])
+
+    def security(self, since: int = 0, timeout_s: float = 5.0) -> GuestMetrics:
+        """The scripted report (``self.guest``, a quiet guest by default), with the events
+        numbered after ``since``, as the agent answers."""
+        self._check("security")
+        report = self.guest or GuestMetrics(
+            vm_name=self.name, at=time.time(), agent_started=1.0, process_count=40,
+            top_processes=[], listening=[], net_rx_bytes=0, net_tx_bytes=0,
+            disk_used_percent=20.0, failed_ssh_logins=0, failed_agent_auths=0,
+            prompt_injections=0, sandbox_limit_hits=0, sandbox_escape_attempts=0)
+        return report.model_copy(update={"events": [e for e in report.events if e.seq > since]})
 
     def sync_clock(self, timeout_s: float = 5.0) -> ClockResponse:
         self._check("clock")

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from api.routes import artifacts, chat, images, operations, projects, sessions, system, vms
+from api.routes import (
+    artifacts,
+    chat,
+    images,
+    operations,
+    projects,
+    security,
+    sessions,
+    system,
+    vms,
+)
 
 ROUTERS = [system.public, system.router, vms.router, chat.router, images.router,
-           operations.router, sessions.router, projects.router, artifacts.router]
+           operations.router, sessions.router, projects.router, artifacts.router,
+           security.router]

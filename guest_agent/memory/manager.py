@@ -26,7 +26,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +52,8 @@ from guest_agent.protocol import (
     MemoryType,
     RetrievalMode,
 )
+from guest_agent.protocol.redaction import redact
+from guest_agent.protocol.security import Redaction
 from guest_agent.runtime import Embeddings
 
 log = logging.getLogger(__name__)
@@ -128,10 +130,16 @@ class SearchFilter:
 
 
 class MemoryManager:
-    """The VM's memory: SQLite source of truth plus a derived FAISS index."""
+    """The VM's memory: SQLite source of truth plus a derived FAISS index.
 
-    def __init__(self, data_dir: Path, kind: IndexKind = IndexKind.AUTO) -> None:
+    Secrets are redacted from every memory before it is hashed and stored (``_redacted``);
+    ``on_redaction`` hears of each memory that had some (the security log).
+    """
+
+    def __init__(self, data_dir: Path, kind: IndexKind = IndexKind.AUTO,
+                 on_redaction: Callable[[Redaction], None] | None = None) -> None:
         self.store = MemoryStore(data_dir / DB_FILE)
+        self.on_redaction = on_redaction
         self.index_path = data_dir / INDEX_FILE
         self.kind = kind
         self._embedder: Embedder | None = None
@@ -318,11 +326,14 @@ class MemoryManager:
         """
         embedder, _ = self._require()
         now = time.time()
+        content, redaction = self._redacted(item.content)
+        item = item.model_copy(update={"content": content})
         with self._lock:
             existing = self.store.by_hash(content_hash(item.content))
             if existing is not None:
                 return MemoryAddResponse(
-                    memory=self._keep(existing, item.importance, now), deduplicated=True
+                    memory=self._keep(existing, item.importance, now), deduplicated=True,
+                    redacted=redaction.kinds,
                 )
             record = new_record(item, now)
             spans = self._split(embedder, record.content)
@@ -330,14 +341,29 @@ class MemoryManager:
                 self._insert([record], [spans])
                 self._wake.set()
                 return MemoryAddResponse(memory=record, deduplicated=False,
-                                         embedding_pending=True)
+                                         embedding_pending=True, redacted=redaction.kinds)
             emb = embedder.embed([chunking.indexed_text(record.content, s) for s in spans],
                                  truncate=True)
             ids = self._insert([record], [spans], emb.vectors, embedder.embedding_model_id)
             self._index_stored(np.asarray(ids, dtype=np.int64), emb.vectors)
             return MemoryAddResponse(
-                memory=record, deduplicated=False, embedding_truncated=any(emb.truncated)
+                memory=record, deduplicated=False, embedding_truncated=any(emb.truncated),
+                redacted=redaction.kinds,
             )
+
+    def _redacted(self, content: str) -> tuple[str, Redaction]:
+        """``content`` without secrets; what was taken out is reported to ``on_redaction``."""
+        clean, redaction = redact(content)
+        if redaction.kinds and self.on_redaction is not None:
+            self.on_redaction(redaction)
+        return clean, redaction
+
+    def _redacted_record(self, record: MemoryRecord) -> MemoryRecord:
+        content, redaction = self._redacted(record.content)
+        if not redaction.kinds:
+            return record
+        return record.model_copy(update={"content": content,
+                                         "content_hash": content_hash(content)})
 
     @staticmethod
     def _split(embedder: Embedder, text: str) -> list[chunking.Span]:
@@ -360,10 +386,12 @@ class MemoryManager:
     ) -> tuple[int, int]:
         """Bulk insert (import, benchmarks); embeds unless ``vectors`` are given.
 
-        Returns (inserted, deduplicated). Records keep their ids and timestamps. Given
-        ``vectors`` (one per record) every record must fit one chunk.
+        Returns (inserted, deduplicated). Records keep their ids and timestamps; secrets
+        are redacted from their content, as in ``add``. Given ``vectors`` (one per record)
+        every record must fit one chunk.
         """
         embedder, _ = self._require()
+        records = [self._redacted_record(r) for r in records]
         with self._lock:
             seen: set[str] = set()
             fresh: list[int] = []

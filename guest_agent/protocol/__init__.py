@@ -12,6 +12,8 @@ from enum import StrEnum
 
 from pydantic import BaseModel, Field
 
+from guest_agent.protocol.security import ScreeningResult
+
 AGENT_PORT = 8700
 AGENT_CONFIG_PATH = "/etc/somnus/agent.json"
 AUTH_HEADER = "Authorization"
@@ -366,6 +368,7 @@ class SomnusReport(BaseModel):
     memories_used: list[str] = Field(default_factory=list)
     stored_memory_id: str | None = None
     conversation_id: str | None = None
+    screening: list[ScreeningResult] = Field(default_factory=list)  # flagged prompt items
 
 
 class ChatChoice(BaseModel):
@@ -525,6 +528,7 @@ class MemoryAddResponse(BaseModel):
     embedding_truncated: bool = False
     # Added with ``?background=true``: stored now, embedded (and so searchable) soon after.
     embedding_pending: bool = False
+    redacted: dict[str, int] = Field(default_factory=dict)  # secret kind -> how many removed
 
 
 class RetrievalMode(StrEnum):

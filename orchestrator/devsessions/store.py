@@ -19,7 +19,9 @@ from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from core.errors import Conflict, NotFound
+from guest_agent.protocol.redaction import redact
 from orchestrator.devsessions.models import (
+    MAX_EVENT_CONTENT,
     BlockVersion,
     CodeBlock,
     DevSession,
@@ -52,9 +54,19 @@ class SessionWriter:
     def event(self, event_type: DevSessionEventType, content: str = "",
               metadata: dict[str, Any] | None = None,
               target_block_id: UUID | None = None) -> DevSessionEvent:
-        """Append an event; its id is assigned at once so later events can refer to it."""
+        """Append an event; its id is assigned at once so later events can refer to it.
+
+        Secrets are redacted from ``content`` (the log outlives the chat it came from);
+        what was taken out is noted in the metadata under ``redacted``. Code blocks are
+        the user's own files and are stored as given.
+        """
+        content, redaction = redact(content)
+        content = content[:MAX_EVENT_CONTENT]  # a marker may be longer than its secret
+        metadata = dict(metadata or {})
+        if redaction.kinds:
+            metadata["redacted"] = redaction.kinds
         row = DevSessionEventRow(dev_session_id=self.session.dev_session_id, timestamp=self.now,
-                                 event_type=event_type, content=content, meta=metadata or {},
+                                 event_type=event_type, content=content, meta=metadata,
                                  target_block_id=target_block_id)
         self._db.add(row)
         self._db.flush()

@@ -15,6 +15,7 @@ from guest_agent import identity
 from guest_agent.app import create_app, wait_for_config
 from guest_agent.protocol import ChatCompletionRequest, Subsystem
 from guest_agent.runtime import ModelRuntime
+from guest_agent.security import FailureThrottle
 from tests.unit.conftest import (
     AUTH,
     TEST_CTX,
@@ -28,12 +29,14 @@ EXPECTED_PATHS = {
     "/health", "/info", "/model", "/v1/models", "/v1/chat/completions", "/v1/embeddings",
     "/memory", "/memory/search", "/memory/export", "/memory/import", "/memory/flush",
     "/memory/x", "/prompt/last", "/prompt/profile", "/prompt/roles", "/openapi.json",
-    "/identity", "/runs", "/runs/x/files/x", "/web",
+    "/identity", "/runs", "/runs/x/files/x", "/web", "/security",
 }  # fmt: skip
 
 
 def test_every_route_requires_the_token(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
-    app = create_app(agent_config(tmp_path), agent_runtime)
+    # Every failure counted, none slowed down: the throttle has its own test.
+    app = create_app(agent_config(tmp_path), agent_runtime,
+                     failures=FailureThrottle(allowed=1000))
     agent_client = TestClient(app)
     # Generated from the app itself, so a route added later is covered too.
     routes = [
@@ -56,6 +59,10 @@ def test_every_route_requires_the_token(tmp_path: Path, agent_runtime: ModelRunt
     for path in ("/docs", "/redoc"):
         assert agent_client.get(path).status_code in (401, 404), path
     assert agent_client.get("/openapi.json", headers=AUTH).json()["info"]["title"]
+    # Every refusal was counted, and the guest's report says so.
+    report = agent_client.get("/security", headers=AUTH).json()
+    assert report["failed_agent_auths"] == 2 * len(routes)  # /docs, /redoc: no such routes
+    assert {e["kind"] for e in report["events"]} == {"auth_failure"}
 
 
 def test_a_vm_from_a_template_takes_its_own_name_and_token(

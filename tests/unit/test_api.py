@@ -7,6 +7,7 @@ stand-in replaces each VM's agent where chat, memory or activation need one.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from core.errors import GuestError
 from guest_agent.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
+    Subsystem,
 )
 from images import builder
 from images.catalog import ImageManifest
@@ -526,3 +528,55 @@ def test_the_cli_json_and_the_http_answer_are_one_document(
     assert steady(cli_json("vm", "list")) == steady(api.get("/vms").json())
     assert steady(cli_json("status")) == steady(api.get("/status").json())
     assert cli_json("vm", "snapshot", "list", "chat") == api.get("/vms/chat/snapshots").json()
+
+
+# -- security ---------------------------------------------------------------------------------
+
+
+def test_security_status_policy_events_and_release(api: TestClient, host: Host,
+                                                   agents: StandInAgents) -> None:
+    create(api, "chat")
+    host.vms.lifecycle.mark_ready(host.store.get_vm("chat"))
+    (status,) = api.get("/security").json()
+    assert (status["name"], status["status"], status["hold"]) == ("chat", "ok", None)
+    policy = api.get("/security/policy").json()
+    assert {r["name"] for r in policy["rules"]} >= {"cpu-hog", "auth-flood"}
+    policy["rules"] = [{"name": "any-cpu", "metric": "cpu_percent", "above": -1,
+                        "action": "suspend"}]
+    assert api.put("/security/policy", json=policy).json()["rules"][0]["name"] == "any-cpu"
+    bad = {**policy, "rules": [{"name": "x", "metric": "nope", "above": 1, "action": "warn"}]}
+    assert_error(api.put("/security/policy", json=bad), 422, "InvalidInput")
+    monitor = host.security.monitor()  # reads the policy the API saved
+    monitor.sample()
+    time.sleep(0.01)
+    (event,) = monitor.sample().events  # the second reading gives a CPU rate: it fires
+    assert event.action == "suspend"
+    assert api.get("/vms").json()["vms"][0]["security"] == "held"
+    (logged,) = api.get("/security/events", params={"vm": "chat"}).json()
+    assert logged["rule"] == "any-cpu" and logged["evidence"]
+    released = api.post("/security/vms/chat/release").json()
+    assert released["hold"] is None and released["state"] == "running"
+    assert_error(api.get("/security/events", params={"vm": "nope"}), 404, "NotFound")
+
+
+def test_serve_refuses_plain_http_beyond_loopback(tmp_path: Any) -> None:
+    from api.server import check_exposure
+    from core.errors import InvalidInput
+
+    check_exposure("127.0.0.1", None, insecure=False)
+    check_exposure("0.0.0.0", (tmp_path / "c", tmp_path / "k"), insecure=False)
+    check_exposure("0.0.0.0", None, insecure=True)
+    with pytest.raises(InvalidInput, match="--tls-cert and --tls-key, or --insecure-http"):
+        check_exposure("0.0.0.0", None, insecure=False)
+
+
+def test_the_served_app_runs_the_monitor_while_it_lives(host: Host, settings: Settings) -> None:
+    host.vms.create("chat", Subsystem.CHAT, memory_mib=256, wait=False)
+    app = create_app(host=host, monitor=True)
+    headers = {"Authorization": f"Bearer {ensure_token(settings)}"}
+    with TestClient(app, headers=headers) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/security").json()[0]["sampled_at"] is None:
+            assert time.monotonic() < deadline, "the monitor never sampled"
+            time.sleep(0.1)
+    assert not any(t.name == "security-monitor" for t in threading.enumerate())

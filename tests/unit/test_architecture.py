@@ -118,7 +118,8 @@ def test_only_the_lifecycle_changes_vm_state() -> None:
                 owner_name = (owner.attr if isinstance(owner, ast.Attribute)
                               else owner.id if isinstance(owner, ast.Name) else "")
                 verb = node.func.attr
-                if verb == "set_state" or (owner_name == "hv" and verb in STATE_VERBS):
+                if verb in ("set_state", "set_hold") or (owner_name == "hv"
+                                                         and verb in STATE_VERBS):
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} calls "
                                  f"{owner_name}.{verb}")
     assert wrong == []

@@ -89,3 +89,15 @@ def test_the_cli_runs_without_a_writable_home(tmp_path: Path, monkeypatch: pytes
     assert done.value.code == 0
     captured = capsys.readouterr()
     assert "Usage" in captured.out and captured.err == ""
+
+
+def test_the_redaction_filter_keeps_secrets_out_of_the_file(settings: Settings) -> None:
+    from guest_agent.protocol.redaction import RedactingFilter
+
+    path = configure_logging(settings, "cli", filters=[RedactingFilter()])
+    configure_logging(settings, "cli", filters=[RedactingFilter()])  # still one filter
+    assert len(ours()[0].filters) == 1
+    key = "ghp_" + "a1B2c3D4" * 4 + "e5F6"
+    logging.getLogger("cli").info("pushing with %s to the remote", key)
+    text = path.read_text()
+    assert key not in text and "pushing with [REDACTED:github_token] to the remote" in text

@@ -32,6 +32,7 @@ from orchestrator.migrations import (
 from orchestrator.models import Subsystem, SwapOutcome, VMRecord, VMState
 from orchestrator.projects import tables as project_tables
 from orchestrator.projects.tables import CommitKind, ProjectStore, SourceKind
+from orchestrator.security import tables as security_tables
 from orchestrator.store import Store
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
@@ -241,7 +242,7 @@ def schema(engine: Engine) -> dict[str, Any]:
 def test_migrations_build_the_schema_the_models_describe(tmp_path: Path) -> None:
     # A model field without a migration (or the reverse) fails here.
     # every table module imported
-    assert errors_log and dev_tables and project_tables and artifact_tables
+    assert errors_log and dev_tables and project_tables and artifact_tables and security_tables
     models = sqlite_engine(tmp_path / "models.db")
     SQLModel.metadata.create_all(models)
     assert schema(open_database(tmp_path / "migrated.db")) == schema(models)
