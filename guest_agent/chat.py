@@ -34,6 +34,7 @@ from guest_agent.protocol import (
 )
 from guest_agent.protocol.security import ContentSource, ScreeningResult
 from guest_agent.runtime import ModelRuntime, SamplingParams
+from guest_agent.structured import BadSchema, grammar_for
 
 USER_PREFIX, ASSISTANT_PREFIX = "User: ", "\nAssistant: "
 
@@ -153,6 +154,10 @@ class ChatEngine:
             raise BadChatRequest("the last message must come from the user")
         opts = request.somnus
         cfg = self.runtime.config
+        try:
+            grammar = grammar_for(request.response_format)
+        except BadSchema as exc:
+            raise BadChatRequest(str(exc)) from None
         strategy = self.bridge.select(opts.role)
         # The self-modifying prompt learns nothing from a message that looks like an
         # injection (a pasted document telling the model what to become).
@@ -195,6 +200,7 @@ class ChatEngine:
             repeat_penalty=request.repeat_penalty or cfg.repetition_penalty,
             seed=cfg.seed if request.seed is None else request.seed,
             stop=prompt.stops + extra_stops,
+            grammar=grammar,
         )
         return Turn(
             id=f"chatcmpl-{uuid.uuid4().hex[:24]}",

@@ -6,6 +6,7 @@ LOADING and every model call raises ``ModelNotReady``.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -57,6 +58,13 @@ class SamplingParams:
     repeat_penalty: float
     seed: int
     stop: list[str] = field(default_factory=list)
+    grammar: str | None = None  # GBNF the answer must follow (guest_agent.structured)
+
+
+@functools.lru_cache(maxsize=32)
+def _grammar(gbnf: str) -> llama_cpp.LlamaGrammar:
+    """A parsed grammar, kept: a collaboration or research run asks for the same few."""
+    return llama_cpp.LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 @dataclass(frozen=True)
@@ -302,6 +310,7 @@ class ModelRuntime:
                 seed=params.seed,
                 stop=params.stop or None,
                 stream=True,
+                grammar=_grammar(params.grammar) if params.grammar else None,
             )
             for chunk in cast(Iterator[CreateCompletionStreamResponse], stream):
                 choice = chunk["choices"][0]

@@ -9,6 +9,7 @@ orchestrator generated and delivered in the cloud-init seed.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -323,6 +324,38 @@ class SomnusChatOptions(BaseModel):
     working_memory_turns: int = Field(default=8, ge=0, le=100)
 
 
+class JsonSchemaFormat(BaseModel):
+    """OpenAI's ``response_format.json_schema``: the schema the answer must follow."""
+
+    model_config = {"populate_by_name": True}
+
+    name: str = "output"
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: plain text, any JSON, or JSON that follows a schema.
+
+    Enforced by grammar-constrained decoding (llama.cpp samples only tokens the grammar
+    allows), so even a small model answers parseable JSON. ``json_object`` may carry a
+    ``schema`` of its own, as llama-server accepts.
+    """
+
+    model_config = {"populate_by_name": True}
+
+    type: Literal["text", "json_object", "json_schema"] = "text"
+    json_schema: JsonSchemaFormat | None = None
+    object_schema: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    @property
+    def schema_(self) -> dict[str, Any] | None:
+        """The schema to follow, if any."""
+        if self.type == "json_schema" and self.json_schema is not None:
+            return self.json_schema.json_schema
+        return self.object_schema if self.type == "json_object" else None
+
+
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``; unknown OpenAI fields are ignored."""
 
@@ -338,6 +371,7 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: list[str] | str | None = None
     stream: bool = False
+    response_format: ResponseFormat | None = None
     somnus: SomnusChatOptions = Field(default_factory=SomnusChatOptions)
 
 

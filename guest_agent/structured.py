@@ -1,0 +1,37 @@
+"""Structured output: a ``response_format`` becomes the grammar llama.cpp decodes under.
+
+llama-cpp-python converts JSON Schema to GBNF itself (``json_schema_to_gbnf``, the port
+of llama.cpp's converter); only tokens the grammar allows are sampled, so even a
+135M-parameter model answers JSON that parses and follows the schema (unless it runs
+out of ``max_tokens`` first: ``finish_reason`` then says ``length``). Raw GBNF from a
+client is not accepted: a grammar llama.cpp cannot parse fails inside the sampler.
+"""
+
+from __future__ import annotations
+
+import json
+
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from guest_agent.protocol import ResponseFormat
+
+
+class BadSchema(ValueError):
+    """The schema cannot be turned into a grammar."""
+
+
+def grammar_for(response_format: ResponseFormat | None) -> str | None:
+    """The GBNF grammar the answer must follow; None: free text."""
+    if response_format is None or response_format.type == "text":
+        return None
+    schema = response_format.schema_
+    if schema is None:
+        if response_format.type == "json_schema":
+            raise BadSchema("response_format json_schema needs json_schema.schema")
+        return JSON_GBNF
+    try:
+        return json_schema_to_gbnf(json.dumps(schema))
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+        # The converter asserts on what it does not know ("Unrecognized schema: ...").
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadSchema(f"response_format schema is not supported: {detail}"[:300]) from None
