@@ -543,12 +543,11 @@ class Lifecycle:
         return record
 
     def hold_terminated(self, record: VMRecord, why: str) -> VMRecord:
-        """Pull the plug for the security policy; the disk stays, the VM is held."""
+        """Pull the plug for the security policy (a forced :meth:`stop`); the disk stays,
+        the VM is held."""
         self.store.set_hold(record.name, f"terminated by {why}")
-        self.hv.stop(record.domain_name, force=True)
-        if self.hv.has_managed_save(record.domain_name):
-            self.hv.remove_managed_save(record.domain_name)
-        return self._move(record, S.STOPPED, f"security: {why}")
+        self.stop(record, f"security: {why}", force=True)
+        return self.store.get_vm(record.name)
 
     def release(self, record: VMRecord, resume: bool) -> VMRecord:
         """Lift the hold. A suspended VM resumes with its memory as it was if ``resume``

@@ -287,10 +287,10 @@ def vm_detail(service: VMService, name: str, states: DomainStates | None = None,
     info = service.info(name)
     store = service.store
     state = (states or service.lifecycle.domain_state)(info.record)
-    security = _security(service)
+    (report,) = _security(service).status(name)
     view = _view(info.record, state, store.foreground(), _running_since(store),
-                 errors_log.error_counts(store), datetime.now(UTC), security.recent_counts())
-    (report,) = security.status(name)
+                 errors_log.error_counts(store), datetime.now(UTC),
+                 {name: report.recent_events})
     paths = {"root": str(info.paths.root), "disk": str(info.paths.overlay),
              "seed": str(info.paths.seed), "serial_log": str(info.paths.serial_log)}
     return VMDetail(

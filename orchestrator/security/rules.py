@@ -49,13 +49,19 @@ class RuleEngine:
     """Evaluates a policy's rules against each VM's samples as they arrive."""
 
     def __init__(self, policy: Policy) -> None:
-        self.policy = policy
         self._vms: dict[str, _VMState] = {}
+        self._set(policy)
+
+    def _set(self, policy: Policy) -> None:
+        self.policy = policy
+        self._keyed = [(_key(r), r) for r in policy.rules]  # once per policy, not per sample
 
     def replace_policy(self, policy: Policy) -> None:
         """New rules; a rule kept as it was keeps its breach and fired state."""
-        self.policy = policy
-        keys = {_key(r) for r in policy.rules}
+        if policy == self.policy:
+            return
+        self._set(policy)
+        keys = {key for key, _ in self._keyed}
         for vm in self._vms.values():
             vm.rules = {k: s for k, s in vm.rules.items() if k in keys}
 
@@ -74,8 +80,8 @@ class RuleEngine:
         state = self._vms.get(vm)
         if state is None:
             return []
-        return sorted(r.name for r in self.policy.rules
-                      if (s := state.rules.get(_key(r))) is not None and s.fired)
+        return sorted(r.name for key, r in self._keyed
+                      if (s := state.rules.get(key)) is not None and s.fired)
 
     def observe(self, vm: str, at: float, metrics: dict[Metric, float]) -> list[Firing]:
         """One sample of ``vm`` at time ``at``; returns the rules that fire now."""
@@ -83,11 +89,11 @@ class RuleEngine:
         for metric, reading in metrics.items():
             state.series.setdefault(metric, deque(maxlen=EVIDENCE_SAMPLES)).append((at, reading))
         firings = []
-        for rule in self.policy.rules:
+        for key, rule in self._keyed:
             value = metrics.get(rule.metric)
             if value is None:
                 continue
-            rs = state.rules.setdefault(_key(rule), _RuleState())
+            rs = state.rules.setdefault(key, _RuleState())
             if value > rule.above:
                 if rs.breach_since is None:
                     rs.breach_since = at

@@ -13,7 +13,13 @@ from pydantic import BaseModel, ConfigDict
 from guest_agent.protocol.security import GuestEventKind
 from orchestrator.models import VMState
 from orchestrator.security.monitor import SecurityMonitor
-from orchestrator.security.policy import Metric, Policy, load_policy, save_policy
+from orchestrator.security.policy import (
+    Metric,
+    Policy,
+    load_policy,
+    policy_path,
+    save_policy,
+)
 from orchestrator.security.tables import EventKind, EventRow, Level, SecurityStore
 from orchestrator.vms import VMService
 
@@ -119,12 +125,22 @@ class SecurityService:
     def __init__(self, vms: VMService, store: SecurityStore) -> None:
         self.vms = vms
         self.store = store
+        self._loaded: tuple[int | None, Policy] | None = None  # (file mtime, policy)
 
     def policy(self) -> Policy:
-        return load_policy(self.vms.settings.home)
+        """The policy in force; the file is parsed again only when it changed (the
+        monitor asks every round)."""
+        try:
+            mtime: int | None = policy_path(self.vms.settings.home).stat().st_mtime_ns
+        except FileNotFoundError:
+            mtime = None
+        if self._loaded is None or self._loaded[0] != mtime:
+            self._loaded = (mtime, load_policy(self.vms.settings.home))
+        return self._loaded[1]
 
     def set_policy(self, policy: Policy) -> Policy:
-        save_policy(self.vms.settings.home, policy)
+        path = save_policy(self.vms.settings.home, policy)
+        self._loaded = (path.stat().st_mtime_ns, policy)
         return policy
 
     def monitor(self) -> SecurityMonitor:

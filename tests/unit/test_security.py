@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -346,3 +347,15 @@ def test_an_action_waits_for_a_busy_home_without_blocking_the_monitor(
         other.join()
     (event,) = monitor.sample().events
     assert event.kind == "rule" and host.store.get_vm("chat").security_hold
+
+
+def test_the_policy_is_read_again_only_when_its_file_changes(host: Host) -> None:
+    service = host.security
+    assert service.policy() is service.policy() == default_policy()  # parsed once
+    path = service.vms.settings.home / "security-policy.yaml"
+    path.write_text("rules:\n- {name: hot, metric: cpu_percent, above: 50, action: warn}\n")
+    os.utime(path, ns=(1, 1))  # a different mtime whatever the clock's resolution
+    assert [r.name for r in service.policy().rules] == ["hot"]
+    monitor = service.monitor()
+    monitor.reload()
+    assert [r.name for r in monitor.policy.rules] == ["hot"]
