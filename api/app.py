@@ -123,8 +123,9 @@ def create_app(settings: Settings | None = None, *, host: Host | None = None,
     driver and fakes); without it one is built from ``settings``. ``api_host`` is
     where it listens (for the security view). With ``live`` (``somnus serve``), the
     start-up first recovers what a killed command left open, then follows libvirt's
-    lifecycle events so reads need no libvirt call. With ``monitor``, the security
-    monitor samples, enforces the policy and logs in a thread while the app runs.
+    lifecycle events so reads need no libvirt call, and a thread serves the research VM's
+    fetch queue while that VM runs. With ``monitor``, the security monitor samples,
+    enforces the policy and logs in a thread while the app runs.
     """
     if host is None:
         if live:
@@ -145,7 +146,12 @@ def create_app(settings: Settings | None = None, *, host: Host | None = None,
                 ctx.live = None
                 ctx.reads = ReadCache(ctx.settings.db_path, None)
         watching = host.security.monitor().start() if monitor else None
+        # Web research reaches the network only through the host's fetch proxy: while the
+        # server runs, it serves the research VM's fetch queue whenever that VM runs.
+        fetching = host.research.start_serving() if live else None
         yield
+        if fetching is not None:
+            fetching[1].set()  # its long poll ends within seconds; the thread is a daemon
         if watching is not None:
             watching[1].set()
             watching[0].join(timeout=10)

@@ -196,7 +196,8 @@ class RevertResult(BaseModel):
 
 class ImageBuild(Strict):
     force: StrictBool = Field(default=False, description="rebuild even if cached")
-    flavour: Flavour = Field(default=Flavour.BASE, description="base, or artifacts (compilers)")
+    flavour: Flavour = Field(default=Flavour.BASE,
+                             description="base, artifacts (compilers) or research (pdftotext)")
 
 
 class ChatRequest(Strict):

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from api.models import ErrorBody, error_body
 from api.operations import Operation, OperationState, OperationView
 from guest_agent.protocol import ChatCompletionChunk
+from guest_agent.protocol.research import ResearchEvent
 from guest_agent.protocol.runs import RunEvent
 
 T = TypeVar("T")
@@ -32,7 +33,8 @@ class ProgressLine(BaseModel):
 
 
 # Models that only event data refers to: the app adds them to the document's components.
-EVENT_MODELS: list[type[BaseModel]] = [ProgressLine, ChatCompletionChunk, RunEvent]
+EVENT_MODELS: list[type[BaseModel]] = [ProgressLine, ChatCompletionChunk, RunEvent,
+                                       ResearchEvent]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -91,6 +93,20 @@ RUN_EVENTS: dict[int | str, dict[str, Any]] = {200: {
 }}
 
 
+RESEARCH_EVENTS: dict[int | str, dict[str, Any]] = {200: {
+    "description": "server-sent events: the run's events as they come (id: the event's "
+                   f"`seq`, what `after` takes to follow on), then `{DONE}` once the run has "
+                   "finished; a failure of the host's side after the first event is an `error` "
+                   "event",
+    "content": {MEDIA_TYPE: {"schema": {"oneOf": [
+        _event("message", {**_json(_ref(ResearchEvent)), "not": {"const": DONE}},
+               with_id=True, title="event"),
+        _event("message", {"const": DONE}, with_id=True, title="done"),
+        _event("error", _json(_ref(ErrorBody)), with_id=True),
+    ]}}},
+}}
+
+
 def event(data: str, name: str | None = None, event_id: int | None = None) -> str:
     """One SSE event (``data`` must be one line: JSON is)."""
     head = (f"event: {name}\n" if name else "") + (f"id: {event_id}\n" if event_id is not None
@@ -126,12 +142,15 @@ def operation_events(op: Operation, seen: int = 0) -> Iterator[str]:
 
 
 def model_events(items: Iterator[BaseModel],
-                 on_error: Callable[[BaseException], None] | None = None) -> Iterator[str]:
+                 on_error: Callable[[BaseException], None] | None = None,
+                 event_id: Callable[[Any], int] | None = None) -> Iterator[str]:
     """Models as ``data:`` events (OpenAI style, ending with ``[DONE]``); a failure after
-    the stream began is sent in-band as an ``error`` event, since the status is sent."""
+    the stream began is sent in-band as an ``error`` event, since the status is sent.
+    ``event_id`` gives each event its ``id`` (what a reconnecting client resumes after)."""
     try:
         for item in items:
-            yield event(item.model_dump_json())
+            yield event(item.model_dump_json(),
+                        event_id=event_id(item) if event_id is not None else None)
     except Exception as exc:
         if on_error is not None:
             on_error(exc)

@@ -20,6 +20,7 @@ from cli.demo import demo
 from cli.image import image_app
 from cli.model import model_app
 from cli.project import project_app
+from cli.research import research_app
 from cli.security import security_app
 from cli.serve import api_app, serve
 from cli.session import session_app
@@ -41,6 +42,7 @@ app.add_typer(session_app, name="session")
 app.add_typer(project_app, name="project")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(security_app, name="security")
+app.add_typer(research_app, name="research")
 app.command()(demo)
 app.command()(activate)
 app.command()(status)

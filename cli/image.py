@@ -18,7 +18,8 @@ image_app = typer.Typer(help="Build and list guest images.", no_args_is_help=Tru
 def image_build(
     force: Annotated[bool, typer.Option(help="Rebuild even if cached.")] = False,
     flavour: Annotated[
-        Flavour, typer.Option(help="base: every VM; artifacts: base + compilers and sandbox.")
+        Flavour, typer.Option(help="base: every VM; artifacts: base + compilers and sandbox; "
+                                "research: base + pdftotext.")
     ] = Flavour.BASE,
     as_json: JsonFlag = False,
 ) -> None:

@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     artifacts_overlay: bool = True
     # Restart the foreground VM when its QEMU process dies.
     restart_crashed: bool = True
+    # Research: a SearXNG-compatible JSON search endpoint (``{url}?q=...&format=json``) the
+    # host's fetch proxy asks for web research; unset, it searches its own crawl index.
+    research_search_url: str | None = None
+    # The fetch proxy's caps per request: the body (stopped when it grows past this) and
+    # the whole request, redirects included.
+    research_proxy_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024,
+                                          le=20 * 1024 * 1024)
+    research_proxy_timeout_s: float = Field(default=20.0, gt=0, le=600)
 
     @cached_property
     def db_path(self) -> Path:

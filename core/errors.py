@@ -120,5 +120,10 @@ class GuestNotFound(NotFound, GuestError):
     """The VM's agent does not know the thing asked for (a role, a memory): a 404 from the guest."""
 
 
+class GuestConflict(Conflict, GuestError):
+    """The VM's agent refused the request in its current state: a 409 from the guest (a
+    research run that exists already or has not finished; a sandbox that cannot start)."""
+
+
 class GuestInvalidInput(InvalidInput, GuestError):
     """The VM's agent refused the request as invalid (context overflow, bad chat): 400/422."""

@@ -10,8 +10,9 @@ from guest_agent.chat import ChatEngine
 from guest_agent.gate import RequestGate
 from guest_agent.memory.manager import MemoryManager
 from guest_agent.prompts.bridge import PromptBridge
-from guest_agent.protocol import AgentConfig, AgentStatus, ModelState
+from guest_agent.protocol import AgentConfig, AgentStatus, ModelState, Subsystem
 from guest_agent.protocol.security import GuestEventKind, Redaction, ScreeningResult
+from guest_agent.research.service import NotResearchVM, ResearchService
 from guest_agent.runtime import ModelRuntime
 from guest_agent.sandbox.runner import Sandbox, SandboxUnavailable, open_sandbox
 from guest_agent.sandbox.web import WebArtifacts
@@ -39,6 +40,8 @@ class Agent:
         self._sandbox: Sandbox | SandboxUnavailable | None = None
         self._sandbox_lock = threading.Lock()
         self._web: WebArtifacts | None = None
+        self._research: ResearchService | None = None
+        self._research_lock = threading.Lock()
         self._data_dir = data_dir
 
     def _redacted(self, redaction: Redaction) -> None:
@@ -75,12 +78,29 @@ class Agent:
                 self._web = WebArtifacts(sandbox)
             return self._web
 
+    @property
+    def research(self) -> ResearchService:
+        """The research corpus, fetch broker and runs, set up on first use (research VM);
+        raises ``NotResearchVM`` in a VM of another subsystem."""
+        if self.config.subsystem is not Subsystem.RESEARCH:
+            raise NotResearchVM("research runs in the research VM: "
+                                "'somnus vm create research --subsystem research'")
+        with self._research_lock:
+            if self._research is None:
+                self._research = ResearchService(self._data_dir, self.runtime,
+                                                 self.bridge.roles, self.memory,
+                                                 on_redaction=self._redacted)
+            return self._research
+
     def boot(self) -> None:
-        """Load the model, then attach memory to it (index loaded or rebuilt)."""
+        """Load the model, then attach memory to it (index loaded or rebuilt); in the
+        research VM the corpus too, and the runs a stop cut short are resumed."""
         try:
             self.runtime.load_quietly()
             if self.runtime.state is ModelState.READY:
                 self.memory.attach(self.runtime)
+                if self.config.subsystem is Subsystem.RESEARCH:
+                    self.research.attach()
         except Exception as exc:
             log.exception("agent boot failed")
             self.boot_error = f"{type(exc).__name__}: {exc}"
@@ -100,7 +120,9 @@ class Agent:
     def status(self) -> AgentStatus:
         if self.runtime.state is ModelState.ERROR or self.boot_error:
             return AgentStatus.ERROR
-        if self.runtime.state is ModelState.READY and self.memory.ready:
+        if self.runtime.state is ModelState.READY and self.memory.ready and (
+                self.config.subsystem is not Subsystem.RESEARCH
+                or (self._research is not None and self._research.corpus.ready)):
             return AgentStatus.OK
         return AgentStatus.LOADING
 
@@ -109,5 +131,8 @@ class Agent:
         return self.runtime.error or self.boot_error
 
     def close(self) -> None:
-        """Make memory durable (index written, WAL checkpointed) and close the database."""
+        """Make memory durable (index written, WAL checkpointed) and close the database;
+        the research service's too (a run in progress resumes at the next boot)."""
+        if self._research is not None:
+            self._research.close()
         self.memory.close()

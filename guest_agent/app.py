@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, ValidationError
@@ -70,8 +70,26 @@ from guest_agent.protocol import (
     RoleList,
 )
 from guest_agent.protocol.models_dir import list_models
+from guest_agent.protocol.research import (
+    RESEARCH_ID_RE,
+    CorpusDocument,
+    CorpusDocumentIn,
+    CorpusList,
+    FetchRequestList,
+    FetchResult,
+    ResearchEvent,
+    ResearchReport,
+    ResearchRequest,
+    ResearchRunList,
+    ResearchRunView,
+)
 from guest_agent.protocol.runs import RunRequest, WebRequest, WebStatus
 from guest_agent.protocol.security import GuestEventKind, GuestMetrics
+from guest_agent.research.corpus import DocumentNotFound
+from guest_agent.research.modes import BadResearchRequest
+from guest_agent.research.runs import RunConflict, RunNotFound
+from guest_agent.research.service import NotResearchVM
+from guest_agent.research.text import UnreadableDocument
 from guest_agent.runtime import InputTooLong, ModelNotReady, ModelRuntime
 from guest_agent.sandbox.runner import SandboxBusy, SandboxError, SandboxUnavailable
 from guest_agent.security import FailureThrottle, own_cgroup
@@ -92,7 +110,16 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (BadChatRequest, 400),
     (UnknownRole, 404),
     (MemoryNotFound, 404),
+    (NotResearchVM, 409),
+    (RunNotFound, 404),
+    (DocumentNotFound, 404),
+    (RunConflict, 409),
+    (BadResearchRequest, 400),
+    (UnreadableDocument, 400),
 )
+# A research event stream sends a comment after this long without an event, so that
+# proxies and clients do not take a quiet run for a dead connection.
+RESEARCH_KEEPALIVE_S = 10.0
 RETRY_AFTER_S = "2"
 BEARER_CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
@@ -140,6 +167,12 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 def _sse(payload: BaseModel) -> str:
     return f"data: {payload.model_dump_json(exclude_none=True)}\n\n"
+
+
+def _research_sse(events: Iterator[ResearchEvent | None]) -> Iterator[str]:
+    """A run's events as SSE (``None``: a keepalive comment)."""
+    for event in events:
+        yield ": keepalive\n\n" if event is None else f"data: {event.model_dump_json()}\n\n"
 
 
 def _chunks(turn: Turn) -> Iterator[str]:
@@ -476,6 +509,86 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
         if (status := agent.web.stop()) is None:
             raise HTTPException(status_code=404, detail="no web artifact is open")
         return status
+
+    # -- research (the research VM) ----------------------------------------------------
+
+    def run_id_of(run_id: str) -> str:
+        if not RESEARCH_ID_RE.match(run_id):
+            raise HTTPException(status_code=400, detail=f"not a research run id: {run_id!r} "
+                                "(lowercase letters, digits and '-', 4 to 40)")
+        return run_id
+
+    @app.post("/research/runs", status_code=202)
+    def research_start(request: ResearchRequest) -> ResearchRunView:
+        """Queue a research run; follow it with ``GET /research/runs/{id}/events``."""
+        research = agent.research
+        require_ready()
+        return research.runs.start(request)
+
+    @app.get("/research/runs")
+    def research_list() -> ResearchRunList:
+        return ResearchRunList(runs=agent.research.runs.list())
+
+    @app.get("/research/runs/{run_id}")
+    def research_view(run_id: str) -> ResearchRunView:
+        return agent.research.runs.view(run_id_of(run_id))
+
+    @app.get("/research/runs/{run_id}/events", response_model=None)
+    def research_events(run_id: str, after: int = Query(default=0, ge=0),
+                        follow: bool = False) -> StreamingResponse:
+        """The run's events after ``after`` as SSE; with ``follow`` until it has finished."""
+        runs = agent.research.runs
+        runs.view(run_id_of(run_id))  # a missing run is a 404, before the stream starts
+        source: Iterator[ResearchEvent | None] = (
+            runs.follow(run_id, after, keepalive_s=RESEARCH_KEEPALIVE_S) if follow
+            else iter(runs.events(run_id, after)))
+        return StreamingResponse(
+            _research_sse(source),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/research/runs/{run_id}/cancel")
+    def research_cancel(run_id: str) -> ResearchRunView:
+        return agent.research.runs.cancel(run_id_of(run_id))
+
+    @app.post("/research/runs/{run_id}/resume")
+    def research_resume(run_id: str) -> ResearchRunView:
+        research = agent.research
+        require_ready()
+        return research.runs.resume(run_id_of(run_id))
+
+    @app.get("/research/runs/{run_id}/report")
+    def research_report(run_id: str) -> ResearchReport:
+        return agent.research.runs.report(run_id_of(run_id))
+
+    @app.post("/research/corpus")
+    def research_corpus_add(document: CorpusDocumentIn) -> CorpusDocument:
+        """Index a document (its text extracted and embedded before the answer)."""
+        research = agent.research
+        require_ready()
+        with agent.gate.slot():
+            return research.corpus.add(document)
+
+    @app.get("/research/corpus")
+    def research_corpus_list() -> CorpusList:
+        return CorpusList(documents=agent.research.corpus.list())
+
+    @app.delete("/research/corpus/{doc_id}")
+    def research_corpus_remove(doc_id: str) -> CorpusDocument:
+        return agent.research.corpus.remove(doc_id)
+
+    @app.get("/research/fetches")
+    def research_fetches(wait: float = Query(default=0.0, ge=0.0, le=30.0)) -> FetchRequestList:
+        """What runs wait to have fetched (the host's fetch proxy long-polls this)."""
+        return FetchRequestList(requests=agent.research.broker.pending(wait))
+
+    @app.post("/research/fetches/{fetch_id}")
+    def research_fetch_answer(fetch_id: str, result: FetchResult) -> dict[str, bool]:
+        if not agent.research.broker.answer(fetch_id, result):
+            raise HTTPException(status_code=404, detail=f"no run waits for fetch {fetch_id!r} "
+                                "(answered already, or given up on)")
+        return {"accepted": True}
 
     # -- prompts --------------------------------------------------------------
 

@@ -15,6 +15,17 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from guest_agent.protocol import ResponseFormat
 
+# The converter's string character allows raw control characters, which JSON forbids: a
+# small model writing a newline inside a string would fail to parse (and a research
+# call would spend a retry on it).
+_ANY_CHAR = '[^"\\\\]'
+_JSON_CHAR = '[^"\\\\\\x7F\\x00-\\x1F]'
+
+
+def json_grammar(schema_json: str) -> str:
+    """The GBNF for a JSON schema, its strings without raw control characters."""
+    return json_schema_to_gbnf(schema_json).replace(_ANY_CHAR, _JSON_CHAR)
+
 
 class BadSchema(ValueError):
     """The schema cannot be turned into a grammar."""
@@ -30,7 +41,7 @@ def grammar_for(response_format: ResponseFormat | None) -> str | None:
             raise BadSchema("response_format json_schema needs json_schema.schema")
         return JSON_GBNF
     try:
-        return json_schema_to_gbnf(json.dumps(schema))
+        return json_grammar(json.dumps(schema))
     except (AssertionError, KeyError, TypeError, ValueError) as exc:
         # The converter asserts on what it does not know ("Unrecognized schema: ...").
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

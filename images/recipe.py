@@ -56,6 +56,7 @@ class Flavour(StrEnum):
 
     BASE = "base"
     ARTIFACTS = "artifacts"
+    RESEARCH = "research"
 
 
 # What a flavour adds to PACKAGES (Debian 12's toolchains: no registry is reachable
@@ -70,11 +71,15 @@ FLAVOUR_PACKAGES: dict[Flavour, tuple[str, ...]] = {
         "golang-go",
         "python3-pytest",  # `somnus project test` on Python repositories
     ),
+    # PDFs in a research corpus are read inside the VM: untrusted files are parsed
+    # where a parser bug cannot reach the host.
+    Flavour.RESEARCH: ("poppler-utils",),
 }  # fmt: skip
 # Sparse; cloud-init's resizefs grows the filesystem to the VM's overlay size.
 FLAVOUR_DISK_BYTES: dict[Flavour, int] = {
     Flavour.BASE: 3 * 1024**3,
     Flavour.ARTIFACTS: 6 * 1024**3,
+    Flavour.RESEARCH: 3 * 1024**3,
 }
 
 

@@ -14,7 +14,13 @@ from typing import TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
-from core.errors import Busy, GuestError, GuestInvalidInput, GuestNotFound
+from core.errors import (
+    Busy,
+    GuestConflict,
+    GuestError,
+    GuestInvalidInput,
+    GuestNotFound,
+)
 from guest_agent.protocol import (
     AgentStatus,
     ChatCompletionChunk,
@@ -38,6 +44,18 @@ from guest_agent.protocol import (
     ModelStatus,
     PromptInspection,
 )
+from guest_agent.protocol.research import (
+    CorpusDocument,
+    CorpusDocumentIn,
+    CorpusList,
+    FetchRequestList,
+    FetchResult,
+    ResearchEvent,
+    ResearchReport,
+    ResearchRequest,
+    ResearchRunList,
+    ResearchRunView,
+)
 from guest_agent.protocol.runs import RunEvent, RunRequest, WebRequest, WebStatus
 from guest_agent.protocol.security import GuestMetrics
 
@@ -47,7 +65,13 @@ T = TypeVar("T", bound=BaseModel)
 CHAT_TIMEOUT_S = 600.0
 # Between two events of a run: a silent program is stopped by its own limits first.
 RUN_TIMEOUT_S = 3600.0
+# Between two bytes of a research run's events: the agent sends a keepalive comment
+# well within this while a stage is quiet.
+RESEARCH_EVENTS_TIMEOUT_S = 60.0
+# Sending a corpus document (up to 20 MiB): the VM extracts and indexes it before answering.
+CORPUS_TIMEOUT_S = 600.0
 JSON = "application/json"
+Timeout = float | httpx.Timeout
 
 
 @functools.cache
@@ -120,6 +144,8 @@ class AgentClient:
             return GuestInvalidInput(f"{self._who}: {text}")
         if status == 404:
             return GuestNotFound(f"{self._who}: {text}")
+        if status == 409:
+            return GuestConflict(f"{self._who}: {text}")
         if status in (401, 403):
             return GuestError(f"{self._who}: the agent refused the VM's token ({status}: {text})")
         return GuestError(f"{self._who}: agent {method} {path} answered {status}: {text}")
@@ -142,7 +168,7 @@ class AgentClient:
             )
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
-        if response.status_code != 200:
+        if not 200 <= response.status_code < 300:  # 202: a research run started
             raise self._refused(method, path, response)
         return response
 
@@ -221,14 +247,15 @@ class AgentClient:
     def chat_stream(self, request: ChatCompletionRequest) -> Iterator[ChatCompletionChunk]:
         """Server-sent chunks as they come; the last carries usage and the Somnus report."""
         body = request.model_copy(update={"stream": True})
-        for data in self._events("/v1/chat/completions", body, CHAT_TIMEOUT_S, "chat"):
+        for data in self._events("POST", "/v1/chat/completions", CHAT_TIMEOUT_S, "chat",
+                                 body=body):
             if data == "[DONE]":
                 return
             yield self._chunk(data)
 
     def run_stream(self, request: RunRequest) -> Iterator[RunEvent]:
         """A sandboxed run's events as they come (artifacts VM); the last is its result."""
-        for data in self._events("/runs", request, RUN_TIMEOUT_S, "run"):
+        for data in self._events("POST", "/runs", RUN_TIMEOUT_S, "run", body=request):
             try:
                 yield RunEvent.model_validate_json(data)
             except ValidationError as exc:
@@ -249,17 +276,19 @@ class AgentClient:
     def web_stop(self, timeout_s: float = 30.0) -> WebStatus:
         return self._call("DELETE", "/web", WebStatus, timeout_s)
 
-    def _events(self, path: str, body: BaseModel, timeout_s: float, what: str) -> Iterator[str]:
-        """The ``data:`` payloads of a server-sent event stream."""
+    def _events(self, method: str, path: str, timeout: Timeout, what: str, *,
+                body: BaseModel | None = None,
+                params: dict[str, str | int] | None = None) -> Iterator[str]:
+        """The ``data:`` payloads of a server-sent event stream (comments are dropped)."""
+        headers = {**self.headers, "Content-Type": JSON} if body is not None else self.headers
         answered = False
         try:
-            with httpx.stream("POST", self.base_url + path,
-                              headers={**self.headers, "Content-Type": JSON},
-                              content=body.model_dump_json(), timeout=timeout_s,
-                              verify=_tls()) as response:
+            with httpx.stream(method, self.base_url + path, headers=headers, params=params,
+                              content=body.model_dump_json() if body is not None else None,
+                              timeout=timeout, verify=_tls()) as response:
                 if response.status_code != 200:
                     response.read()
-                    raise self._refused("POST", path, response)
+                    raise self._refused(method, path, response)
                 answered = True
                 for line in response.iter_lines():
                     if line.startswith("data:"):
@@ -311,3 +340,66 @@ class AgentClient:
 
     def memory_import(self, jsonl: str) -> MemoryImportResponse:
         return self._call("POST", "/memory/import", MemoryImportResponse, 600.0, content=jsonl)
+
+    # -- research -----------------------------------------------------------------------
+
+    def research_start(self, request: ResearchRequest, timeout_s: float = 30.0
+                       ) -> ResearchRunView:
+        """Start a run (the agent answers 202 at once; 409 if the run id exists)."""
+        return self._call("POST", "/research/runs", ResearchRunView, timeout_s, body=request)
+
+    def research_runs(self, timeout_s: float = 30.0) -> ResearchRunList:
+        return self._call("GET", "/research/runs", ResearchRunList, timeout_s)
+
+    def research_run(self, run_id: str, timeout_s: float = 30.0) -> ResearchRunView:
+        return self._call("GET", f"/research/runs/{run_id}", ResearchRunView, timeout_s)
+
+    def research_events(self, run_id: str, after: int = 0, follow: bool = True,
+                        timeout_s: float | None = None) -> Iterator[ResearchEvent]:
+        """A run's events numbered after ``after``; with ``follow`` until the run finishes.
+        ``timeout_s`` bounds the wait between two bytes (keepalives come in between)."""
+        timeout = httpx.Timeout(timeout_s or RESEARCH_EVENTS_TIMEOUT_S, connect=10.0)
+        params: dict[str, str | int] = {"after": after, "follow": "true" if follow else "false"}
+        for data in self._events("GET", f"/research/runs/{run_id}/events", timeout, "research",
+                                 params=params):
+            try:
+                yield ResearchEvent.model_validate_json(data)
+            except ValidationError as exc:
+                raise GuestError(f"{self._who}: agent research sent an unexpected event: "
+                                 f"{_one_line(data)}") from exc
+
+    def research_cancel(self, run_id: str, timeout_s: float = 30.0) -> ResearchRunView:
+        return self._call("POST", f"/research/runs/{run_id}/cancel", ResearchRunView, timeout_s)
+
+    def research_resume(self, run_id: str, timeout_s: float = 30.0) -> ResearchRunView:
+        """Resume a stopped run at the stage it had reached (409 if it completed)."""
+        return self._call("POST", f"/research/runs/{run_id}/resume", ResearchRunView, timeout_s)
+
+    def research_report(self, run_id: str, timeout_s: float = 60.0) -> ResearchReport:
+        """A finished run's report (409 while it runs)."""
+        return self._call("GET", f"/research/runs/{run_id}/report", ResearchReport, timeout_s)
+
+    def corpus_add(self, doc: CorpusDocumentIn,
+                   timeout_s: float = CORPUS_TIMEOUT_S) -> CorpusDocument:
+        return self._call("POST", "/research/corpus", CorpusDocument, timeout_s, body=doc)
+
+    def corpus_list(self, timeout_s: float = 30.0) -> CorpusList:
+        return self._call("GET", "/research/corpus", CorpusList, timeout_s)
+
+    def corpus_remove(self, doc_id: str, timeout_s: float = 30.0) -> CorpusDocument:
+        return self._call("DELETE", f"/research/corpus/{doc_id}", CorpusDocument, timeout_s)
+
+    def research_fetches(self, wait_s: int = 10) -> FetchRequestList:
+        """What runs wait for from the web; a long poll of up to ``wait_s`` (0-30) seconds."""
+        return self._call("GET", "/research/fetches", FetchRequestList, wait_s + 15.0,
+                          params={"wait": wait_s})
+
+    def research_answer(self, fetch_id: str, result: FetchResult,
+                        timeout_s: float = 120.0) -> bool:
+        """Hand a run the answer to its fetch request (404: no run waits for it now)."""
+        response = self._send("POST", f"/research/fetches/{fetch_id}", timeout_s, body=result)
+        try:
+            return bool(response.json().get("accepted", False))
+        except (ValueError, AttributeError) as exc:
+            raise GuestError(f"{self._who}: agent /research/fetches sent an unexpected body: "
+                             f"{_one_line(response.text)}") from exc

@@ -27,6 +27,9 @@ from orchestrator.models import VMRecord
 from orchestrator.projects import ProjectService
 from orchestrator.projects.remote import Remote
 from orchestrator.projects.tables import ProjectStore
+from orchestrator.research.proxy import FetchProxy
+from orchestrator.research.service import ResearchService
+from orchestrator.research.tables import ResearchStore
 from orchestrator.seams import AgentFactory, FaultHook, Settler, env_faults
 from orchestrator.security.service import SecurityService
 from orchestrator.security.tables import SecurityStore
@@ -69,6 +72,10 @@ class Host:
         self.artifacts = ArtifactService(ArtifactStore(self.engine), self.vms, self.swap,
                                          settings.home, projects=self.projects,
                                          sessions=self.sessions)
+        research_store = ResearchStore(self.engine)
+        self.research = ResearchService(
+            self.vms, self.swap, research_store,
+            FetchProxy(research_store, settings.home / "research" / "cache", settings))
 
     @classmethod
     def from_env(cls) -> Host:
@@ -94,6 +101,7 @@ class Host:
                               remote=self._remote)
 
     def close(self) -> None:
+        self.research.proxy.close()
         if self._hv is not None:
             self._hv.close()
         self.engine.dispose()

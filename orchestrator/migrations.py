@@ -473,3 +473,80 @@ def m005_security(conn: Connection) -> None:
         "CREATE INDEX ix_security_events_vm_name ON security_events (vm_name)",
     ):
         conn.exec_driver_sql(statement)
+
+
+# The full-text index over research_pages (``orchestrator.research.tables`` makes the same
+# for create_all): external content, so the text is stored once, in research_pages, and
+# triggers keep the index in step with every insert, update and delete there.
+RESEARCH_PAGES_FTS = (
+    "CREATE VIRTUAL TABLE research_pages_fts USING fts5("
+    "title, text, content='research_pages', tokenize='unicode61 remove_diacritics 2')",
+    "CREATE TRIGGER research_pages_ai AFTER INSERT ON research_pages BEGIN "
+    "INSERT INTO research_pages_fts(rowid, title, text) "
+    "VALUES (new.rowid, new.title, new.text); "
+    "END",
+    "CREATE TRIGGER research_pages_ad AFTER DELETE ON research_pages BEGIN "
+    "INSERT INTO research_pages_fts(research_pages_fts, rowid, title, text) "
+    "VALUES ('delete', old.rowid, old.title, old.text); END",
+    "CREATE TRIGGER research_pages_au AFTER UPDATE ON research_pages BEGIN "
+    "INSERT INTO research_pages_fts(research_pages_fts, rowid, title, text) "
+    "VALUES ('delete', old.rowid, old.title, old.text); "
+    "INSERT INTO research_pages_fts(rowid, title, text) "
+    "VALUES (new.rowid, new.title, new.text); "
+    "END",
+)
+
+
+@migration
+def m006_research(conn: Connection) -> None:
+    """Research on the host (``orchestrator.research.tables``): the record of each run, the
+    fetch proxy's allow-list and request log, its crawl index with an FTS5 table."""
+    for statement in (
+        """CREATE TABLE research_runs (
+    run_id VARCHAR NOT NULL,
+    vm VARCHAR NOT NULL,
+    question VARCHAR NOT NULL,
+    mode VARCHAR(10) NOT NULL,
+    status VARCHAR(12) NOT NULL,
+    stage VARCHAR(7),
+    created_at FLOAT NOT NULL,
+    updated_at FLOAT NOT NULL,
+    stop_reason VARCHAR(11),
+    error VARCHAR,
+    view_json VARCHAR NOT NULL,
+    report_json VARCHAR,
+    PRIMARY KEY (run_id)
+)""",
+        """CREATE TABLE research_allowed_hosts (
+    host VARCHAR NOT NULL,
+    added_at DATETIME NOT NULL,
+    PRIMARY KEY (host)
+)""",
+        """CREATE TABLE research_fetch_log (
+    id INTEGER NOT NULL,
+    at DATETIME NOT NULL,
+    vm VARCHAR,
+    run_id VARCHAR,
+    kind VARCHAR(6) NOT NULL,
+    target VARCHAR NOT NULL,
+    host VARCHAR,
+    allowed BOOLEAN NOT NULL,
+    status INTEGER,
+    bytes INTEGER NOT NULL,
+    cached BOOLEAN NOT NULL,
+    reason VARCHAR,
+    PRIMARY KEY (id)
+)""",
+        "CREATE INDEX ix_research_fetch_log_run_id ON research_fetch_log (run_id)",
+        """CREATE TABLE research_pages (
+    url VARCHAR NOT NULL,
+    host VARCHAR NOT NULL,
+    title VARCHAR NOT NULL,
+    text VARCHAR NOT NULL,
+    fetched_at DATETIME NOT NULL,
+    PRIMARY KEY (url)
+)""",
+        "CREATE INDEX ix_research_pages_host ON research_pages (host)",
+        *RESEARCH_PAGES_FTS,
+    ):
+        conn.exec_driver_sql(statement)

@@ -65,7 +65,8 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")
 
 MAX_DESCRIPTION = 1000  # characters of a snapshot's description
 # The image flavour a subsystem's VMs boot; every other subsystem boots the base image.
-SUBSYSTEM_FLAVOUR: dict[Subsystem, Flavour] = {Subsystem.ARTIFACTS: Flavour.ARTIFACTS}
+SUBSYSTEM_FLAVOUR: dict[Subsystem, Flavour] = {Subsystem.ARTIFACTS: Flavour.ARTIFACTS,
+                                               Subsystem.RESEARCH: Flavour.RESEARCH}
 
 
 def validate_name(name: str, what: str = "VM") -> None:

@@ -19,7 +19,8 @@ HOST_PACKAGES=(
   python3-venv python3-dev gcc g++ cmake make git patch
   wrk
   chromium  # the tests' real browser (web artifacts; the app)
-  python3-doc  # the retrieval-quality set: Python's own manual (bench.pydoc)
+  python3-doc  # the retrieval-quality set and the research tests' loopback "web"
+  poppler-utils  # pdftotext: the unit tests of research's PDF reading (the VM has its own)
 )
 
 step() { printf '\n== %s\n' "$*"; }
@@ -106,9 +107,10 @@ step "what TCG guests run: llama.cpp's CPU backend without SIMD, the model in Q4
 
 case "$ACTION" in
   demo)
-    step "guest images: base, and artifacts (base + compilers and the sandbox)"
+    step "guest images: base, artifacts (base + compilers and the sandbox), research (+ pdftotext)"
     $SUDO "$VENV/bin/somnus" image build
     $SUDO "$VENV/bin/somnus" image build --flavour artifacts
+    $SUDO "$VENV/bin/somnus" image build --flavour research
     step "demo"
     $SUDO "$VENV/bin/somnus" demo
     ;;
@@ -116,9 +118,10 @@ case "$ACTION" in
     step "lint"
     "$VENV/bin/ruff" check .
     "$VENV/bin/mypy" core orchestrator guest_agent images api cli bench
-    step "guest images (cached by recipe hash): base, and artifacts"
+    step "guest images (cached by recipe hash): base, artifacts and research"
     $SUDO "$VENV/bin/somnus" image build
     $SUDO "$VENV/bin/somnus" image build --flavour artifacts
+    $SUDO "$VENV/bin/somnus" image build --flavour research
     step "tests"
     $SUDO "$VENV/bin/pytest" --durations=30 tests/unit tests/vm
     ;;

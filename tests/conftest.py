@@ -34,12 +34,14 @@ def settings(tmp_path: Path) -> Settings:
 
 
 ARTIFACTS_IMAGE = "ef" * 32
+RESEARCH_IMAGE = "fa" * 32
 
 
 @pytest.fixture
 def image(settings: Settings) -> ImageManifest:
-    """The base image; an artifacts-flavour one is there too (for artifacts VMs)."""
+    """The base image; artifacts and research flavours are there too (for their VMs)."""
     write_image(settings, ARTIFACTS_IMAGE, Flavour.ARTIFACTS)
+    write_image(settings, RESEARCH_IMAGE, Flavour.RESEARCH)
     return write_image(settings, "ab" * 32)
 
 

@@ -8,6 +8,7 @@ from api.routes import (
     images,
     operations,
     projects,
+    research,
     security,
     sessions,
     system,
@@ -16,4 +17,4 @@ from api.routes import (
 
 ROUTERS = [system.public, system.router, vms.router, chat.router, images.router,
            operations.router, sessions.router, projects.router, artifacts.router,
-           security.router]
+           security.router, research.router]

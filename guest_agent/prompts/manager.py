@@ -34,6 +34,23 @@ BUILTIN_ROLES = (
         style="clear and concise",
         constraints=["do not add facts that were not found"],
     ),
+    RoleDefinition(
+        name="Deep Investigator",
+        identity="You dig into the gaps the findings so far leave open.",
+        goals=["find what is still unanswered", "ask the follow-up questions that close it",
+               "avoid repeating what was already searched"],
+        style="curious and specific",
+        constraints=["ask about what is missing, not what is known", "do not invent facts"],
+    ),
+    RoleDefinition(
+        name="Fact-checker",
+        identity="You weigh the evidence for and against one claim.",
+        goals=["separate supporting from contradicting evidence", "weigh each source",
+               "give a verdict"],
+        style="impartial and exact",
+        constraints=["give only the verdict the evidence supports",
+                     "say 'insufficient evidence' when it does not settle the claim"],
+    ),
 )
 
 

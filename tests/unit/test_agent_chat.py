@@ -222,7 +222,8 @@ def test_role_override_and_user_defined_roles(agent_client: TestClient) -> None:
     }
     assert agent_client.post("/prompt/roles", json=role, headers=AUTH).status_code == 200
     names = [x["name"] for x in agent_client.get("/prompt/roles", headers=AUTH).json()["roles"]]
-    assert names == ["Researcher", "Analyst", "Synthesizer", "Pirate"]
+    assert names == ["Researcher", "Analyst", "Synthesizer", "Deep Investigator", "Fact-checker",
+                     "Pirate"]
     r = chat(agent_client, chat_body("Hi", 8, role="Pirate"))
     assert r["somnus"]["role"] == "Pirate"
     system = agent_client.get("/prompt/last", headers=AUTH).json()["layers"][0]["messages"][0][

@@ -94,6 +94,8 @@ def test_user_roles_persist_and_can_redefine_builtins(store: MemoryStore) -> Non
     assert [r.name for r in again.roles.list()] == [
         "Analyst",
         "Synthesizer",
+        "Deep Investigator",
+        "Fact-checker",
         "Researcher",
         "Critic",
     ]
