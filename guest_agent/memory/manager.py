@@ -308,6 +308,9 @@ class MemoryManager:
         return len(todo)
 
     def close(self) -> None:
+        """Make memory durable and close the database; a second close does nothing."""
+        if self._closing:
+            return
         self._closing = True
         self._wake.set()
         if self._worker is not None:

@@ -143,6 +143,7 @@ def test_survives_restart_and_reuses_saved_index(
     memory = open_memory(tmp_path, agent_runtime)
     ids = fill(memory)
     memory.close()  # flushes: index written, WAL checkpointed
+    memory.close()  # a second close (an agent closing what its parts closed) does nothing
     again = open_memory(tmp_path, agent_runtime)
     assert not again.rebuilt_on_attach
     assert again.get_memory_by_id(ids["dog"]).content == FACTS["dog"]
