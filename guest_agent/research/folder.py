@@ -221,7 +221,10 @@ class RunFolder:
         except FileNotFoundError:
             return []
         out: list[ResearchEvent] = []
-        for line in lines:
+        # Event n is on line n or later (a torn line only pushes events down), so the
+        # first ``after`` lines hold nothing wanted: a follower polling twice a second
+        # parses only what is new, not the whole log.
+        for line in lines[after:]:
             if not line.strip():
                 continue
             try:

@@ -43,8 +43,6 @@ from tests.unit.conftest import AUTH, ClientFactory
 
 PYDOC = Path("/usr/share/doc/python3-doc/html")
 CONTROLFLOW = PYDOC / "tutorial" / "controlflow.html"
-needs_pydoc = pytest.mark.skipif(not CONTROLFLOW.is_file(),
-                                 reason="Debian's python3-doc is not installed")
 MARKDOWN = """# Tea brewing
 
 Green tea is brewed with water at about 80 degrees Celsius for two minutes.
@@ -82,7 +80,6 @@ def test_html_title_falls_back_to_h1_and_meta_charset() -> None:
     assert extract_text(page, DocumentFormat.HTML) == ("Café\n\nx", "Café")
 
 
-@needs_pydoc
 def test_python_manual_page_is_readable() -> None:
     text, title = extract_text(CONTROLFLOW.read_bytes(), DocumentFormat.HTML)
     assert title is not None and "Control Flow" in title
@@ -441,7 +438,6 @@ def test_recover_resumes_runs_cut_short(tmp_path: Path, control: Control) -> Non
 # -- the corpus ---------------------------------------------------------------------------------
 
 
-@needs_pydoc
 def test_corpus_add_search_replace_remove(tmp_path: Path, agent_runtime: ModelRuntime) -> None:
     corpus = Corpus(tmp_path)
     corpus.attach(agent_runtime)
@@ -520,7 +516,6 @@ def test_research_routes_refused_outside_the_research_vm(
     assert client.get("/research/fetches", headers=AUTH).status_code == 409
 
 
-@needs_pydoc
 def test_corpus_run_cites_its_documents(make_agent_client: ClientFactory) -> None:
     client, app = make_agent_client(Subsystem.RESEARCH)
     added = client.post("/research/corpus", headers=AUTH, json=CorpusDocumentIn(
@@ -589,7 +584,6 @@ def serve_fetches(client: Any, page: bytes, url: str, stop: threading.Event,
             assert answer.json() == {"accepted": True}
 
 
-@needs_pydoc
 def test_web_run_fetches_through_the_host(make_agent_client: ClientFactory) -> None:
     client, app = make_agent_client(Subsystem.RESEARCH)
     url = "https://docs.python.org/3/tutorial/controlflow.html"

@@ -453,6 +453,7 @@ def test_folder_persists_state_events_and_stages(tmp_path: Path) -> None:
     assert again.emit(E.QUERY, "after a restart").seq == 4
     assert [e.seq for e in again.events()] == [1, 2, 3, 4] and again.view().last_event == 4
     assert [e.seq for e in again.events(after=2)] == [3, 4]
+    assert [e.seq for e in again.events(after=3)] == [4]  # past the torn line
     folder.save_stage("brief", st.Brief(restated="r", sub_questions=["s"], plan="p"))
     assert folder.load_stage("brief", st.Brief) is not None
     assert folder.view().stages_done == ["brief"]
