@@ -144,7 +144,7 @@ VCPUs = Annotated[int, StrictType(), Field(ge=1, le=256), WHOLE]
 TopK = Annotated[int, StrictType(), Field(ge=0, le=1000), WHOLE]
 MaxTokens = Annotated[int, StrictType(), Field(ge=1, le=32768), WHOLE]
 Seed = Annotated[int, StrictType(), Field(ge=0, le=2**31 - 1), WHOLE]
-Version = Annotated[int, StrictType(), Field(ge=1), WHOLE]
+Version = Annotated[int, StrictType(), Field(ge=1, le=2**31 - 1), WHOLE]  # fits SQLite
 SearchTopK = Annotated[int, StrictType(), Field(ge=1, le=200), WHOLE]  # the agent's bounds
 # Free text that reaches libvirt's XML or git's argv: no NUL or other C0 control but
 # tab and newlines, nor U+FFFE/U+FFFF (XML 1.0 cannot carry them; C strings end at NUL).

@@ -19,6 +19,7 @@ from api.operations import Operation, OperationState, OperationView
 from guest_agent.protocol import ChatCompletionChunk
 from guest_agent.protocol.research import ResearchEvent
 from guest_agent.protocol.runs import RunEvent
+from orchestrator.collab.models import TranscriptEntry
 
 T = TypeVar("T")
 MEDIA_TYPE = "text/event-stream"
@@ -34,7 +35,7 @@ class ProgressLine(BaseModel):
 
 # Models that only event data refers to: the app adds them to the document's components.
 EVENT_MODELS: list[type[BaseModel]] = [ProgressLine, ChatCompletionChunk, RunEvent,
-                                       ResearchEvent]
+                                       ResearchEvent, TranscriptEntry]
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -101,6 +102,20 @@ RESEARCH_EVENTS: dict[int | str, dict[str, Any]] = {200: {
     "content": {MEDIA_TYPE: {"schema": {"oneOf": [
         _event("message", {**_json(_ref(ResearchEvent)), "not": {"const": DONE}},
                with_id=True, title="event"),
+        _event("message", {"const": DONE}, with_id=True, title="done"),
+        _event("error", _json(_ref(ErrorBody)), with_id=True),
+    ]}}},
+}}
+
+
+COLLAB_EVENTS: dict[int | str, dict[str, Any]] = {200: {
+    "description": "server-sent events: the transcript's entries as they are appended (id: "
+                   "the entry's `seq`, what `after` or `Last-Event-ID` takes to follow on), "
+                   f"then `{DONE}` once the run has stopped; a failure of the host's side "
+                   "after the first event is an `error` event",
+    "content": {MEDIA_TYPE: {"schema": {"oneOf": [
+        _event("message", {**_json(_ref(TranscriptEntry)), "not": {"const": DONE}},
+               with_id=True, title="entry"),
         _event("message", {"const": DONE}, with_id=True, title="done"),
         _event("error", _json(_ref(ErrorBody)), with_id=True),
     ]}}},

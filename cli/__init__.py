@@ -15,6 +15,7 @@ import typer
 
 from cli.artifact import artifact_app
 from cli.chat import chat, memory_app, prompt_app
+from cli.collab import collab_app
 from cli.common import err
 from cli.demo import demo
 from cli.image import image_app
@@ -43,6 +44,7 @@ app.add_typer(project_app, name="project")
 app.add_typer(artifact_app, name="artifact")
 app.add_typer(security_app, name="security")
 app.add_typer(research_app, name="research")
+app.add_typer(collab_app, name="collab")
 app.command()(demo)
 app.command()(activate)
 app.command()(status)

@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 from guest_agent.chat import ChatEngine
+from guest_agent.collab import CollabTurns, NotAgentVM
 from guest_agent.gate import RequestGate
 from guest_agent.memory.manager import MemoryManager
 from guest_agent.prompts.bridge import PromptBridge
@@ -43,6 +44,7 @@ class Agent:
         self._research: ResearchService | None = None
         self._research_lock = threading.Lock()
         self._data_dir = data_dir
+        self._collab = CollabTurns(self.runtime, self.bridge.roles, self.memory)
 
     def _redacted(self, redaction: Redaction) -> None:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(redaction.kinds.items()))
@@ -91,6 +93,14 @@ class Agent:
                                                  self.bridge.roles, self.memory,
                                                  on_redaction=self._redacted)
             return self._research
+
+    @property
+    def collab(self) -> CollabTurns:
+        """Collaboration turns (an agent VM); raises ``NotAgentVM`` in another VM."""
+        if self.config.subsystem is not Subsystem.AGENT:
+            raise NotAgentVM("collaboration turns run in agent VMs: 'somnus collab start' "
+                             "makes them")
+        return self._collab
 
     def boot(self) -> None:
         """Load the model, then attach memory to it (index loaded or rebuilt); in the

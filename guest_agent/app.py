@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError
 from guest_agent import __version__, llama_build
 from guest_agent.agent import Agent
 from guest_agent.chat import BadChatRequest, Turn
+from guest_agent.collab import NotAgentVM
 from guest_agent.gate import GatedStream, QueueFull
 from guest_agent.identity import hand_over, request_text
 from guest_agent.memory.manager import MemoryNotFound, MemoryNotReady
@@ -69,6 +70,7 @@ from guest_agent.protocol import (
     RoleDefinition,
     RoleList,
 )
+from guest_agent.protocol.collab import TurnReply, TurnRequest
 from guest_agent.protocol.models_dir import list_models
 from guest_agent.protocol.research import (
     RESEARCH_ID_RE,
@@ -111,6 +113,7 @@ ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
     (UnknownRole, 404),
     (MemoryNotFound, 404),
     (NotResearchVM, 409),
+    (NotAgentVM, 409),
     (RunNotFound, 404),
     (DocumentNotFound, 404),
     (RunConflict, 409),
@@ -509,6 +512,19 @@ def create_app(config: AgentConfig, runtime: ModelRuntime | None = None,
         if (status := agent.web.stop()) is None:
             raise HTTPException(status_code=404, detail="no web artifact is open")
         return status
+
+    # -- collaboration (agent VMs) -------------------------------------------------------
+
+    @app.post("/collab/turn")
+    def collab_turn(request: TurnRequest) -> TurnReply:
+        """One turn of a multi-agent collaboration, as the role the request names."""
+        turns = agent.collab
+        require_ready()
+        agent.gate.enter()
+        try:
+            return turns.take(request)
+        finally:
+            agent.gate.leave()
 
     # -- research (the research VM) ----------------------------------------------------
 

@@ -44,6 +44,7 @@ from guest_agent.protocol import (
     ModelStatus,
     PromptInspection,
 )
+from guest_agent.protocol.collab import TurnReply, TurnRequest
 from guest_agent.protocol.research import (
     CorpusDocument,
     CorpusDocumentIn,
@@ -340,6 +341,13 @@ class AgentClient:
 
     def memory_import(self, jsonl: str) -> MemoryImportResponse:
         return self._call("POST", "/memory/import", MemoryImportResponse, 600.0, content=jsonl)
+
+    # -- collaboration ------------------------------------------------------------------
+
+    def collab_turn(self, request: TurnRequest, timeout_s: float = 3600.0) -> TurnReply:
+        """One turn in an agent VM: minutes under TCG (up to three decodes), hence the
+        long timeout."""
+        return self._call("POST", "/collab/turn", TurnReply, timeout_s, body=request)
 
     # -- research -----------------------------------------------------------------------
 

@@ -18,6 +18,8 @@ from orchestrator.artifacts.service import ArtifactService
 from orchestrator.artifacts.tables import ArtifactStore
 from orchestrator.budget import Meter
 from orchestrator.chat import ChatService
+from orchestrator.collab.service import AgentVMs, CollabService
+from orchestrator.collab.tables import CollabStore
 from orchestrator.database import open_database
 from orchestrator.devsessions import DevSessionManager, DevSessionSettings, DevSessionStore
 from orchestrator.hypervisor import Hypervisor
@@ -72,6 +74,8 @@ class Host:
         self.artifacts = ArtifactService(ArtifactStore(self.engine), self.vms, self.swap,
                                          settings.home, projects=self.projects,
                                          sessions=self.sessions)
+        self.collab = CollabService(CollabStore(self.engine), AgentVMs(self.vms, self.swap),
+                                    settings.home / "collab")
         research_store = ResearchStore(self.engine)
         self.research = ResearchService(
             self.vms, self.swap, research_store,

@@ -550,3 +550,50 @@ def m006_research(conn: Connection) -> None:
         *RESEARCH_PAGES_FTS,
     ):
         conn.exec_driver_sql(statement)
+
+
+@migration
+def m007_collab(conn: Connection) -> None:
+    """Multi-agent collaborations (``orchestrator.collab.tables``): one row each, the
+    append-only transcript, and the agent VMs' inboxes of findings."""
+    for statement in (
+        """CREATE TABLE collabs (
+    id VARCHAR NOT NULL,
+    task VARCHAR NOT NULL,
+    status VARCHAR(9) NOT NULL,
+    team_json VARCHAR NOT NULL,
+    limits_json VARCHAR NOT NULL,
+    placement VARCHAR(8) NOT NULL,
+    policy VARCHAR NOT NULL,
+    vms_json VARCHAR NOT NULL,
+    end_reason VARCHAR(12),
+    final_answer VARCHAR,
+    error VARCHAR,
+    cancel_requested BOOLEAN NOT NULL,
+    created_at FLOAT NOT NULL,
+    updated_at FLOAT NOT NULL,
+    PRIMARY KEY (id)
+)""",
+        """CREATE TABLE collab_entries (
+    id INTEGER NOT NULL,
+    collab_id VARCHAR NOT NULL,
+    seq INTEGER NOT NULL,
+    kind VARCHAR(4) NOT NULL,
+    body_json VARCHAR NOT NULL,
+    PRIMARY KEY (id),
+    UNIQUE (collab_id, seq)
+)""",
+        "CREATE INDEX ix_collab_entries_collab_id ON collab_entries (collab_id)",
+        """CREATE TABLE collab_inbox (
+    id INTEGER NOT NULL,
+    vm VARCHAR NOT NULL,
+    collab_id VARCHAR NOT NULL,
+    turn INTEGER NOT NULL,
+    from_role VARCHAR NOT NULL,
+    content VARCHAR NOT NULL,
+    delivered_at FLOAT,
+    PRIMARY KEY (id)
+)""",
+        "CREATE INDEX ix_collab_inbox_vm ON collab_inbox (vm)",
+    ):
+        conn.exec_driver_sql(statement)

@@ -34,6 +34,7 @@ from guest_agent.protocol import (
     MemorySearchResponse,
     Subsystem,
 )
+from guest_agent.protocol.collab import CollabAction, TurnReply, TurnRequest
 from guest_agent.protocol.runs import RunEvent, RunLimits, RunRequest, WebRequest, WebStatus
 from guest_agent.protocol.security import GuestMetrics
 from guest_agent.sandbox.bwrap import RunFolder
@@ -102,6 +103,12 @@ class StandInAgent:
     def sync_clock(self, timeout_s: float = 5.0) -> ClockResponse:
         self._check("clock")
         return ClockResponse(skew_s=0.0, set=False, vm_name=self.name)
+
+    def collab_turn(self, request: TurnRequest, timeout_s: float = 3600.0) -> TurnReply:
+        """A turn that says who spoke, with one finding: the host's loop runs to its end."""
+        self._check("collab_turn")
+        said = f"{self.name} as {request.role.name}, turn {request.turn}"
+        return TurnReply(action=CollabAction.SAY, content=said, findings=[said])
 
     def _answer(self, request: ChatCompletionRequest) -> str:
         return f"{self.name} heard: {request.messages[-1].content}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from api.routes import (
     artifacts,
     chat,
+    collab,
     images,
     operations,
     projects,
@@ -17,4 +18,4 @@ from api.routes import (
 
 ROUTERS = [system.public, system.router, vms.router, chat.router, images.router,
            operations.router, sessions.router, projects.router, artifacts.router,
-           security.router, research.router]
+           security.router, research.router, collab.router]

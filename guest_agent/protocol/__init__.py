@@ -28,6 +28,7 @@ class Subsystem(StrEnum):
     RESEARCH = "research"
     PROJECT = "project"
     ARTIFACTS = "artifacts"
+    AGENT = "agent"  # one per collaboration role (``somnus collab``)
 
 
 class IndexKind(StrEnum):

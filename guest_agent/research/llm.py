@@ -16,14 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
-from typing import Protocol, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
 from guest_agent.prompts.manager import IdentityPrompt
-from guest_agent.prompts.stack import ContextOverflow, LayerItem, PromptLayers, Tokenizer, assemble
-from guest_agent.protocol import AIModelConfiguration
+from guest_agent.prompts.stack import ContextOverflow, LayerItem, PromptLayers, assemble
 from guest_agent.protocol.research import (
     ResearchEventKind,
     ResearchRequest,
@@ -33,32 +32,21 @@ from guest_agent.protocol.research import (
 )
 from guest_agent.research.folder import Cancelled, RunFolder
 from guest_agent.research.modes import RoleLookup
-from guest_agent.runtime import Piece, SamplingParams
-from guest_agent.structured import json_grammar
+from guest_agent.structured import (
+    MAX_ATTEMPTS,
+    ChatRuntime,
+    attempt_params,
+    json_grammar,
+    why_refused,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound=BaseModel)
 
-MAX_ATTEMPTS = 3  # open_deep_research's structured-output retries
-RETRY_TEMPERATURE = 0.7  # a greedy answer that failed would fail again: sample instead
 BUDGET_FILE = "budget.json"
 JSON_INSTRUCTION = "Answer in JSON."
 CALL_BUDGETS = frozenset({StopReason.MODEL_CALLS, StopReason.TOKENS, StopReason.TIME})
-
-
-class ChatRuntime(Tokenizer, Protocol):
-    """What research calls need from the model runtime (``ModelRuntime``)."""
-
-    @property
-    def config(self) -> AIModelConfiguration: ...
-
-    @property
-    def n_ctx(self) -> int: ...
-
-    def count_tokens(self, text: str) -> int: ...
-
-    def generate(self, prompt_tokens: list[int], params: SamplingParams) -> Iterator[Piece]: ...
 
 
 class BudgetState(BaseModel):
@@ -205,11 +193,7 @@ class ResearchModel:
             if reason is not None:
                 budget.reach(reason, self.stage)
                 return self._fall_back(fallback, role, purpose, f"{reason.value} budget")
-            params = SamplingParams(
-                temperature=0.0 if attempt == 1 else RETRY_TEMPERATURE,
-                top_p=cfg.top_p, top_k=cfg.top_k, max_tokens=max_tokens,
-                repeat_penalty=cfg.repetition_penalty, seed=cfg.seed + attempt - 1,
-                stop=prompt.stops, grammar=grammar)
+            params = attempt_params(cfg, attempt, max_tokens, prompt.stops, grammar)
             pieces = list(self.runtime.generate(prompt.tokens, params))
             text = "".join(p.text for p in pieces)
             # Generated tokens never exceed max_tokens; re-tokenizing the text can differ
@@ -222,7 +206,7 @@ class ResearchModel:
             try:
                 return schema.model_validate_json(text)
             except ValidationError as exc:
-                problem = _first_error(exc, pieces)
+                problem = why_refused(exc, pieces)
             if attempt < MAX_ATTEMPTS:
                 budget.usage.retries += 1
                 folder.emit(ResearchEventKind.RETRY, f"{purpose}: {problem}", self.stage,
@@ -238,14 +222,3 @@ class ResearchModel:
                          role=role, purpose=purpose)
         return fallback()
 
-
-def _first_error(exc: ValidationError, pieces: list[Piece]) -> str:
-    """One line saying why an answer was refused."""
-    if pieces and pieces[-1].finish_reason == "length":
-        return "the answer ran out of max_tokens"
-    errors = exc.errors()
-    if not errors:
-        return "invalid answer"
-    first = errors[0]
-    where = ".".join(str(p) for p in first.get("loc", ()))
-    return f"{where}: {first.get('msg', 'invalid')}"[:200] if where else first["msg"][:200]

@@ -16,6 +16,7 @@ from sqlmodel import SQLModel
 from core.errors import InvalidInput
 from orchestrator import errors_log
 from orchestrator.artifacts import tables as artifact_tables
+from orchestrator.collab import tables as collab_tables
 from orchestrator.database import open_database, sqlite_engine
 from orchestrator.devsessions import tables as dev_tables
 from orchestrator.devsessions.models import DevSessionEventType
@@ -243,6 +244,7 @@ def test_migrations_build_the_schema_the_models_describe(tmp_path: Path) -> None
     # A model field without a migration (or the reverse) fails here.
     # every table module imported
     assert errors_log and dev_tables and project_tables and artifact_tables and security_tables
+    assert collab_tables
     models = sqlite_engine(tmp_path / "models.db")
     SQLModel.metadata.create_all(models)
     assert schema(open_database(tmp_path / "migrated.db")) == schema(models)
