@@ -194,6 +194,12 @@ def test_a_run_resumes_after_a_swap_an_agent_restart_and_a_killed_follower(
     """A web run started detached waits for the host's fetch proxy (nobody follows it):
     swap its VM out and back, restart its agent, kill a follower mid-way; following again
     finishes the run, and no stage that had finished ran twice."""
+    # Nobody may serve the queue: an earlier test's follower ends its last long poll (up to
+    # 30 s after it stopped), and would answer this run's fetch if it were still in one.
+    deadline = time.monotonic() + 60
+    while any(t.name.startswith("research-fetch-") for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "an earlier follower still polls the fetch queue"
+        time.sleep(0.5)
     started = somnus(vm_env, "research", "start", "Copyright of the Python documentation",
                      "--mode", "quick", "--sources", "web", "--max-sources", "1",
                      "--max-calls", "0", "--detach", "--json")
