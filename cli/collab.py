@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Column, Table
 
-from cli.common import Clock, JsonFlag, emit_json, err, host, out
+from cli.common import Clock, JsonFlag, emit_json, err, finish_run, host, out
 from core.errors import InvalidInput
 from orchestrator.collab.export import SUFFIX, TranscriptFormat, render, roles_line
 from orchestrator.collab.models import (
@@ -147,12 +147,7 @@ def print_outcome(view: CollabView) -> None:
 
 
 def _finish(view: CollabView, as_json: bool) -> None:
-    if as_json:
-        emit_json(view)
-    else:
-        print_outcome(view)
-    if view.status is CollabStatus.ERROR:
-        raise typer.Exit(1)
+    finish_run(view, as_json, print_outcome, failed=view.status is CollabStatus.ERROR)
 
 
 def run_here(collab_id: str, as_json: bool,

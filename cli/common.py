@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -13,6 +14,8 @@ from rich.console import Console
 
 from core.config import Settings, load_settings
 from orchestrator.host import Host
+
+M = TypeVar("M", bound=BaseModel)
 
 out = Console()
 err = Console(stderr=True)
@@ -38,6 +41,18 @@ def settings() -> Settings:
 def host() -> Host:
     """The composition root of this command (one per process)."""
     return Host(settings())
+
+
+def finish_run(view: M, as_json: bool, print_outcome: Callable[[M], None],
+               failed: bool) -> None:
+    """The end of a run followed here: its view as JSON, or its outcome for people; exit
+    code 1 when it ``failed``."""
+    if as_json:
+        emit_json(view)
+    else:
+        print_outcome(view)
+    if failed:
+        raise typer.Exit(1)
 
 
 def emit_json(data: Any) -> None:

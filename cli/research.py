@@ -20,7 +20,7 @@ from rich.markdown import Markdown
 from rich.markup import escape
 from rich.table import Column, Table
 
-from cli.common import Clock, JsonFlag, emit_json, err, host, out
+from cli.common import Clock, JsonFlag, emit_json, err, finish_run, host, out
 from core.errors import InvalidInput
 from guest_agent.protocol.research import (
     ResearchEvent,
@@ -171,12 +171,7 @@ def print_outcome(view: ResearchRunView) -> None:
 
 
 def _finish(view: ResearchRunView, as_json: bool) -> None:
-    if as_json:
-        emit_json(view)
-    else:
-        print_outcome(view)
-    if view.status is ResearchStatus.ERROR:
-        raise typer.Exit(1)
+    finish_run(view, as_json, print_outcome, failed=view.status is ResearchStatus.ERROR)
 
 
 # -- runs ----------------------------------------------------------------------------------
