@@ -14,42 +14,55 @@ from typing import Any
 import libvirt
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import sse
+from api import sse, web_login
 from api.auth import TokenCheck
 from api.context import MAX_BODY_BYTES, ApiContext
 from api.context import VERSION as API_VERSION
 from api.errors import error_response, install_error_handlers, status_name
 from api.models import ErrorBody
 from api.readcache import ReadCache
-from api.routes import ROUTERS
+from api.routes import ROUTERS, web
+from api.web_login import WebSession, WebSessions
 from core.config import Settings, load_settings
 from orchestrator.host import Host
 from orchestrator.live import LiveView, start_event_loop
 
 log = logging.getLogger(__name__)
 
-# Reachable without the token: liveness, and the documentation of the API itself.
+# Reachable without the token: liveness, the documentation of the API itself, the app's
+# page and assets (nothing secret: the data behind them needs a login) and its login.
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect",
-                          "/redoc"})
+                          "/redoc", "/", "/app/login"})
+PUBLIC_PREFIXES = (f"{web.STATIC_URL}/", f"{web.DOCS_STATIC_URL}/", "/app/login/")
 # How long a graceful shutdown waits for running operations.
 SHUTDOWN_WAIT_S = 30.0
 
 
-class Guard:
-    """Outermost ASGI layer: the bearer token, then the body size, before anything runs.
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 
-    Checking here rather than in a dependency means no body is parsed and no route
-    (not even an unknown one) answers before the token is known good.
+
+class Guard:
+    """Outermost ASGI layer: who is asking, then the body size, before anything runs.
+
+    A request carries the bearer token (scripts, the CLI) or the app's session cookie
+    (the browser; ``api.web_login``), and a cookie request that changes something must
+    also carry the session's CSRF token. Checking here rather than in a dependency means
+    no body is parsed and no route (not even an unknown one) answers before the caller
+    is known good. A browser session is handed to the routes in ``scope["state"]``.
     """
 
-    def __init__(self, app: ASGIApp, tokens: TokenCheck, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(self, app: ASGIApp, tokens: TokenCheck, sessions: WebSessions,
+                 max_body: int = MAX_BODY_BYTES) -> None:
         self.app = app
         self.tokens = tokens
+        self.sessions = sessions
         self.max_body = max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -58,22 +71,36 @@ class Guard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", [])}
-        rejection = self._reject(scope["path"], headers)
+        rejection = self._reject(scope, headers)
         if rejection is not None:
             await rejection(scope, receive, send)
             return
         await self.app(scope, self._limited(receive), send)
 
-    def _reject(self, path: str, headers: dict[str, str]) -> JSONResponse | None:
-        if path not in PUBLIC_PATHS and not self.tokens.accepts(headers.get("authorization")):
-            return error_response(
-                401, ErrorBody(error="Unauthorized",
-                               detail="missing or wrong bearer token ('somnus api token')"),
-                {"WWW-Authenticate": "Bearer"})
+    def _reject(self, scope: Scope, headers: dict[str, str]) -> JSONResponse | None:
+        path = scope["path"]
+        if not is_public(path) and not self.tokens.accepts(headers.get("authorization")):
+            session = self._session(headers)
+            if session is None:
+                return error_response(
+                    401, ErrorBody(error="Unauthorized",
+                                   detail="missing or wrong bearer token ('somnus api token'), "
+                                          "or no app session (log in again: 'somnus app')"),
+                    {"WWW-Authenticate": "Bearer"})
+            if (scope["method"] not in web_login.SAFE_METHODS
+                    and not web_login.csrf_ok(session, headers.get(web_login.CSRF_HEADER))):
+                return error_response(403, ErrorBody(
+                    error="Forbidden", detail="missing or wrong X-CSRF-Token: reload the page"))
+            scope.setdefault("state", {})[web.SESSION_STATE] = session
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.max_body:
             return error_response(413, self._too_large())
         return None
+
+    def _session(self, headers: dict[str, str]) -> WebSession | None:
+        digest = self.tokens.digest()
+        cookie = web_login.cookie_value(headers.get("cookie"))
+        return self.sessions.find(cookie, digest) if digest and cookie else None
 
     def _too_large(self) -> ErrorBody:
         return ErrorBody(error=status_name(413),
@@ -161,18 +188,21 @@ def create_app(settings: Settings | None = None, *, host: Host | None = None,
         if not ctx.ops.wait_idle(SHUTDOWN_WAIT_S):
             log.warning("shutting down with operations still running")
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc with their assets from the package: no CDN
+        static_url=web.DOCS_STATIC_URL,
         title="Somnus control API", version=API_VERSION, lifespan=lifespan,
         description="VMs, the foreground, images, chat and memory of a Somnus workstation. "
                     "Every route but /health needs `Authorization: Bearer <token>` "
-                    "(`somnus api token`).",
+                    "(`somnus api token`) or the app's session cookie (then, to change "
+                    "anything, `X-CSRF-Token`).",
     )
     app.state.ctx = ctx
     for router in ROUTERS:
         app.include_router(router)
+    web.mount(app)
     # The app's own (documentation) routes, and ours: the routers' tables, flat.
     routes = [r for r in app.router.routes if isinstance(r, Route)]
     install_error_handlers(app, routes + [r for router in ROUTERS for r in router.routes])
     _with_event_models(app)
-    app.add_middleware(Guard, tokens=ctx.tokens)
+    app.add_middleware(Guard, tokens=ctx.tokens, sessions=ctx.web_sessions)
     return app

@@ -10,6 +10,7 @@ import hmac
 import threading
 from pathlib import Path
 
+from api import web_login
 from core.config import Settings
 from orchestrator import credentials
 
@@ -53,15 +54,26 @@ class TokenCheck:
                 self._seen = (st.st_mtime_ns, st.st_size)
             return self._token
 
-    def accepts(self, authorization: str | None) -> bool:
-        """Whether an ``Authorization`` header carries the token (constant-time compare)."""
-        if not authorization:
-            return False
-        scheme, _, presented = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not presented.strip():
-            return False
+    def digest(self) -> str | None:
+        """A digest of the current token (what a browser session was made with); None when
+        the token file is gone."""
+        try:
+            token = self._current()
+        except OSError:
+            return None
+        return web_login.token_digest(token) if token else None
+
+    def matches(self, presented: str) -> bool:
+        """Whether ``presented`` is the token (constant-time compare)."""
         try:
             token = self._current()
         except OSError:  # token file removed: nobody gets in until it exists again
             return False
         return bool(token) and hmac.compare_digest(presented.strip().encode(), token)
+
+    def accepts(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header carries the token (constant-time compare)."""
+        if not authorization:
+            return False
+        scheme, _, presented = authorization.partition(" ")
+        return scheme.lower() == "bearer" and bool(presented.strip()) and self.matches(presented)

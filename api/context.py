@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from api.auth import TokenCheck, token_path
 from api.operations import OperationRegistry
 from api.readcache import ReadCache
+from api.web_login import WebSessions
 from core.config import Settings
 from orchestrator import errors_log
 from orchestrator.host import Host
@@ -36,6 +37,7 @@ class ApiContext:
         self.api_host = api_host
         self.live = live
         self.tokens = TokenCheck(self.settings)
+        self.web_sessions = WebSessions()
         self.ops = OperationRegistry(on_failure=self.record_failure)
         self.reads = ReadCache(self.settings.db_path, live)
 

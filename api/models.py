@@ -381,6 +381,7 @@ class ProjectDetail(ProjectSummary):
     """One project: its record, VM, snapshots and the commits Somnus made."""
 
     ssh_port: int | None
+    ssh_command: str | None  # a shell in the project folder (with the VM in front)
     snapshots: list[SnapshotView]
     commits: list[ProjectCommit]
 
@@ -388,6 +389,7 @@ class ProjectDetail(ProjectSummary):
     def of_info(cls, info: ProjectInfo) -> ProjectDetail:
         return cls(**ProjectSummary.of(info.view).model_dump(),
                    ssh_port=info.vm.ssh_port if info.vm else None,
+                   ssh_command=info.ssh_command,
                    snapshots=[SnapshotView.model_validate(s) for s in info.snapshots],
                    commits=[ProjectCommit.of(c) for c in info.commits])
 

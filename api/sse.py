@@ -7,7 +7,7 @@ client parses it, ``{event, data, id}``; each kind of event is one branch, and a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -129,7 +129,7 @@ def event(data: str, name: str | None = None, event_id: int | None = None) -> st
     return f"{head}data: {data}\n\n"
 
 
-def response(events: Iterator[str]) -> StreamingResponse:
+def response(events: Iterator[str] | AsyncIterator[str]) -> StreamingResponse:
     return StreamingResponse(events, media_type=MEDIA_TYPE,
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 

@@ -29,6 +29,7 @@ from cli.snapshot import snapshot_app
 from cli.swap import activate, recover, status
 from cli.template import template_app
 from cli.vm import vm_app
+from cli.webapp import open_app
 from core.config import load_settings
 from core.errors import SomnusError
 from core.logs import configure_logging
@@ -54,6 +55,7 @@ app.add_typer(memory_app, name="memory")
 app.add_typer(prompt_app, name="prompt")
 app.add_typer(model_app, name="model")
 app.command()(serve)
+app.command("app")(open_app)
 app.add_typer(api_app, name="api")
 vm_app.add_typer(snapshot_app, name="snapshot")
 

@@ -28,8 +28,8 @@ def serve(
     monitor: Annotated[bool, typer.Option(
         help="Run the security monitor (metrics, policy, anomaly log).")] = True,
 ) -> None:
-    """Serve the REST API (OpenAPI at /openapi.json, interactive docs at /docs) and run
-    the security monitor."""
+    """Serve the web app at / and the REST API beside it (OpenAPI at /openapi.json,
+    interactive docs at /docs), and run the security monitor."""
     from api import create_app
     from api.auth import ensure_token, token_path
     from api.server import check_exposure, run
@@ -44,8 +44,9 @@ def serve(
         err.print(f"[yellow]warning:[/yellow] listening on {host}: the API is reachable from "
                   "the network; anyone with the token controls every VM")
     scheme = "https" if tls else "http"
-    err.print(f"Somnus API on {scheme}://{host}:{port} (docs: /docs); "
-              f"token: 'somnus api token' ({token_path(current)})")
+    err.print(f"Somnus app and API on {scheme}://{host}:{port} (docs: /docs); "
+              f"token: 'somnus api token' ({token_path(current)}); "
+              "a login link: 'somnus app'")
     run(create_app(current, api_host=host, live=True, monitor=monitor), host=host, port=port,
         tls=tls)
 

@@ -53,6 +53,18 @@ def list_errors(store: Store, vm: str, limit: int = 100) -> list[VMErrorRecord]:
         return list(s.exec(query))
 
 
+def errors_after(store: Store, error_id: int, limit: int = 100) -> list[VMErrorRecord]:
+    """Every VM's errors recorded after row ``error_id`` (0: all), oldest first."""
+    with store.session() as s:
+        return list(s.exec(select(VMErrorRecord).where(col(VMErrorRecord.id) > error_id)
+                           .order_by(col(VMErrorRecord.id)).limit(limit)))
+
+
+def last_error_id(store: Store) -> int:
+    with store.session() as s:
+        return int(s.exec(select(func.max(VMErrorRecord.id))).one() or 0)
+
+
 def error_counts(store: Store) -> dict[str, int]:
     """Errors per existing VM since it was created, as ``list_errors`` counts them (one query)."""
     query = (select(VMErrorRecord.vm_name, func.count())

@@ -12,7 +12,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
@@ -46,6 +49,23 @@ def start_event_loop() -> None:
         _loop_started = True
 
 
+# libvirt's virDomainEventType, by value.
+EVENT_NAMES = ("defined", "undefined", "started", "suspended", "resumed", "stopped",
+               "shutdown", "pmsuspended", "crashed")
+RECENT_EVENTS = 256  # lifecycle notes kept for the app's live feed
+
+
+@dataclass(frozen=True)
+class LifecycleNote:
+    """One libvirt lifecycle event as it arrived: numbered, so a reader asks for the rest."""
+
+    seq: int
+    domain: str
+    event: str
+    detail: int
+    at: float  # Unix time
+
+
 class LiveView:
     """Domain states by name, refreshed only when libvirt says something changed."""
 
@@ -61,7 +81,8 @@ class LiveView:
         self._all_stale = True
         self._callback_id: int | None = None
         self._conn: Any = None
-        self.events = 0  # how many lifecycle events arrived (for tests and diagnostics)
+        self.events = 0  # how many lifecycle events arrived (also the last note's seq)
+        self._recent: deque[LifecycleNote] = deque(maxlen=RECENT_EVENTS)
         self._closes = 0
 
     def start(self) -> None:
@@ -79,11 +100,19 @@ class LiveView:
                 self._conn.domainEventDeregisterAny(self._callback_id)
             self._callback_id = None
 
-    def _on_event(self, _conn: Any, dom: Any, _event: int, _detail: int, _opaque: Any) -> None:
-        # Runs on the event loop's thread: no libvirt calls here, only a mark.
+    def _on_event(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
+        # Runs on the event loop's thread: no libvirt calls here, only a mark and a note.
+        name = EVENT_NAMES[event] if 0 <= event < len(EVENT_NAMES) else f"event-{event}"
         with self._lock:
             self._stale.add(dom.name())
             self.events += 1
+            self._recent.append(LifecycleNote(self.events, dom.name(), name, detail,
+                                              time.time()))
+
+    def notes_after(self, seq: int) -> list[LifecycleNote]:
+        """The lifecycle events after number ``seq`` that are still kept, oldest first."""
+        with self._lock:
+            return [note for note in self._recent if note.seq > seq]
 
     def _on_close(self, _conn: Any, _reason: int, _opaque: Any) -> None:
         with self._lock:

@@ -21,7 +21,13 @@ from sqlmodel import col, func, select
 from guest_agent.protocol import InfoResponse, Subsystem
 from orchestrator import errors_log
 from orchestrator.lifecycle import live_state
-from orchestrator.models import StateTransition, VMRecord, VMState
+from orchestrator.models import (
+    StateTransition,
+    SwapOutcome,
+    SwapPhase,
+    VMRecord,
+    VMState,
+)
 from orchestrator.security.service import (
     SecurityLevel,
     SecurityService,
@@ -107,6 +113,26 @@ class StatusView(BaseModel):
     budget_used_mib: int
     vms: list[VMStatus]
     orphans: list[OrphanView]  # domains of this home no VM owns ('somnus vm prune')
+
+
+class SwapView(BaseModel):
+    """One row of the handover ledger: a VM entering the foreground."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    seq: int
+    from_vm: str | None
+    to_vm: str
+    phase: SwapPhase
+    outcome: SwapOutcome
+    started_at: datetime
+    finished_at: datetime | None
+    detail: str
+
+
+def swap_views(store: Store, limit: int = 20) -> list[SwapView]:
+    """The most recent swaps, newest first."""
+    return [SwapView.model_validate(row) for row in store.swaps(limit)]
 
 
 class TransitionView(BaseModel):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Somnus setup on Debian 12: host packages, libvirt daemons, virtualenv, the portable
 # llama-cpp-python wheel (built once, cached), then one of:
-#   scripts/setup.sh demo   build the image, bring up the chat VM, show what runs in it
+#   scripts/setup.sh demo   build the images, bring up the chat VM, start the app, print its login URL
 #   scripts/setup.sh test   lint, then the whole test suite (unit + real-VM tests)
 #   scripts/setup.sh deps   only the setup
 set -euo pipefail
@@ -18,7 +18,7 @@ HOST_PACKAGES=(
   mmdebstrap e2fsprogs genisoimage openssh-client
   python3-venv python3-dev gcc g++ cmake make git patch
   wrk
-  chromium  # the tests' real browser (web artifacts; the app)
+  chromium chromium-driver  # the tests' real browser (web artifacts; the app, through Selenium)
   python3-doc  # the retrieval-quality set and the research tests' loopback "web"
   poppler-utils  # pdftotext: the unit tests of research's PDF reading (the VM has its own)
 )
@@ -113,6 +113,9 @@ case "$ACTION" in
     $SUDO "$VENV/bin/somnus" image build --flavour research
     step "demo"
     $SUDO "$VENV/bin/somnus" demo
+    $SUDO "$VENV/bin/somnus" activate chat
+    step "the app (somnus serve keeps running in the background; its log: /var/lib/somnus/logs/serve.log)"
+    $SUDO "$VENV/bin/somnus" app
     ;;
   test)
     step "lint"

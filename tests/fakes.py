@@ -35,6 +35,7 @@ from guest_agent.protocol import (
     Subsystem,
 )
 from guest_agent.protocol.collab import CollabAction, TurnReply, TurnRequest
+from guest_agent.protocol.research import ResearchRunList
 from guest_agent.protocol.runs import RunEvent, RunLimits, RunRequest, WebRequest, WebStatus
 from guest_agent.protocol.security import GuestMetrics
 from guest_agent.sandbox.bwrap import RunFolder
@@ -88,6 +89,11 @@ class StandInAgent:
         return InfoResponse(vm_name=self.name, subsystem=Subsystem.CHAT, hostname=self.name,
                             kernel="stand-in", python="3", agent_version="t", packages={},
                             models=[])
+
+    def research_runs(self, timeout_s: float = 30.0) -> ResearchRunList:
+        """A research VM's runs: none (the research pipeline has its own tests)."""
+        self._check("research_runs")
+        return ResearchRunList(runs=[])
 
     def security(self, since: int = 0, timeout_s: float = 5.0) -> GuestMetrics:
         """The scripted report (``self.guest``, a quiet guest by default), with the events

@@ -14,8 +14,9 @@ from api.routes import (
     sessions,
     system,
     vms,
+    web,
 )
 
 ROUTERS = [system.public, system.router, vms.router, chat.router, images.router,
            operations.router, sessions.router, projects.router, artifacts.router,
-           security.router, research.router, collab.router]
+           security.router, research.router, collab.router, web.router]

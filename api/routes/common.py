@@ -16,7 +16,8 @@ _bearer = HTTPBearer(auto_error=False, description="`somnus api token`")
 
 # Every status the error mapping (api.errors, core.errors) and the Guard can answer with.
 ERRORS = {
-    401: "missing or wrong token",
+    401: "missing or wrong token (or no app session)",
+    403: "an app session's change without its X-CSRF-Token",
     404: "no such VM, snapshot, image, operation, project, dev session or code block",
     409: "exists already, an id prefix matches several, or it conflicts with the VM's "
          "state or a running operation",

@@ -6,9 +6,10 @@ project's name, which is also its VM's, so they exclude VM operations on it too.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 
 from api import sse
@@ -28,6 +29,7 @@ from api.models import (
 )
 from api.operations import OperationView, Progress
 from api.routes.common import ACCEPTED, PROTECTED, accepted
+from orchestrator.projects import browse
 from orchestrator.views import SnapshotView
 
 router = APIRouter(prefix="/projects", tags=["projects"], **PROTECTED)
@@ -67,6 +69,36 @@ def gc_projects(ctx: Ctx, body: ProjectGc = NO_GC_OPTIONS) -> GcResult:
 def project_info(name: ProjectPath, ctx: Ctx) -> ProjectDetail:
     """One project: its record, VM, snapshots and the commits Somnus made."""
     return ProjectDetail.of_info(ctx.host.projects().info(name))
+
+
+# Reading the repository: the project's VM must be in front (409 otherwise); a read
+# never swaps the foreground.
+@router.get("/{name}/tree")
+def project_tree(name: ProjectPath, ctx: Ctx) -> browse.RepoTree:
+    """Every file tracked at HEAD, with its size."""
+    return ctx.host.projects().tree(name)
+
+
+@router.get("/{name}/file")
+def project_file(name: ProjectPath, ctx: Ctx, path: Annotated[str, Query(
+        min_length=1, max_length=4096, pattern=r"^[^/\x00-\x1f-][^\x00-\x1f]*$",
+        description="a path inside the repository")]) -> browse.FileView:
+    """One file at HEAD (text up to 512 KiB; a binary file only says so)."""
+    return ctx.host.projects().read_file(name, path)
+
+
+@router.get("/{name}/log")
+def project_log(name: ProjectPath, ctx: Ctx,
+                limit: Annotated[int, Query(ge=1, le=500)] = 50) -> list[browse.CommitLine]:
+    """The newest commits of HEAD; ``kind`` marks those Somnus made."""
+    return ctx.host.projects().log(name, limit)
+
+
+@router.get("/{name}/commits/{sha}")
+def project_commit(name: ProjectPath, ctx: Ctx, sha: Annotated[str, PathParam(
+        pattern="^[0-9a-f]{4,40}$")]) -> browse.CommitDiff:
+    """One commit's subject and unified diff."""
+    return ctx.host.projects().commit(name, sha)
 
 
 @router.post("/{name}/undo", status_code=202, responses=ACCEPTED)

@@ -14,7 +14,7 @@ from api.models import VMPath
 from api.routes.common import PROTECTED
 from core.errors import InvalidInput
 from orchestrator.security.policy import Policy
-from orchestrator.security.service import SecurityEventView, VMSecurityView
+from orchestrator.security.service import SampleView, SecurityEventView, VMSecurityView
 
 router = APIRouter(prefix="/security", tags=["security"], **PROTECTED)
 # A date and a time, as RFC 3339 writes them. A pattern, not pydantic's datetime: that one
@@ -50,6 +50,13 @@ def security_events(
     """The anomaly log, newest first: rules that fired with their evidence, actions taken,
     what the guests reported, releases."""
     return ctx.host.security.events(vm, parse_time(since) if since else None, limit)
+
+
+@router.get("/vms/{name}/samples")
+def vm_samples(name: VMPath, ctx: Ctx,
+               limit: Annotated[int, Query(ge=1, le=1000)] = 60) -> list[SampleView]:
+    """A VM's newest metric samples, oldest first (CPU, memory, disk… over time)."""
+    return ctx.host.security.samples(name, limit)
 
 
 @router.get("/policy")

@@ -8,6 +8,7 @@ makes, so ``undo`` only ever reverts its own.
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -26,7 +27,7 @@ from orchestrator.devsessions import DevSessionManager, DevSessionStatus
 from orchestrator.devsessions.transitions import transition_event
 from orchestrator.hypervisor import SnapshotInfo
 from orchestrator.models import VMRecord, VMState, utcnow
-from orchestrator.projects import gitrepo, memories
+from orchestrator.projects import browse, gitrepo, memories
 from orchestrator.projects.housekeeping import TEMP_PREFIX, GcPlan, compact_overlay, plan_gc
 from orchestrator.projects.memories import MemoryReport
 from orchestrator.projects.remote import (
@@ -48,6 +49,7 @@ from orchestrator.projects.tables import (
     SourceKind,
 )
 from orchestrator.projects.undo import UndoTarget, find_target, revert, undo_note
+from orchestrator.ssh import openssh_argv
 from orchestrator.swap import SwapEngine
 from orchestrator.vms import VMService, validate_name
 
@@ -67,6 +69,7 @@ class ProjectInfo:
     vm: VMRecord | None
     commits: list[ProjectCommitRow]
     snapshots: list[SnapshotInfo] = field(default_factory=list)
+    ssh_command: str | None = None  # the line that opens a shell in the project's VM
 
 
 @dataclass
@@ -169,7 +172,11 @@ class ProjectService:
         if vm is not None:
             with suppress(SomnusError):  # a vanished domain still shows the rest
                 snapshots = self.svc.snapshot_list(vm.name)
-        return ProjectInfo(self._view(row, vms), vm, self.store.commits(name), snapshots)
+        ssh = None
+        if vm is not None:  # what ssh_argv runs, with a terminal for the login shell
+            argv = openssh_argv(self.svc.ssh_target(vm), [f'cd {REPO_DIR} && exec "$SHELL" -l'])
+            ssh = shlex.join([argv[0], "-t", *argv[1:]])
+        return ProjectInfo(self._view(row, vms), vm, self.store.commits(name), snapshots, ssh)
 
     # -- creation -----------------------------------------------------------------------
 
@@ -296,6 +303,31 @@ class ProjectService:
             root = Path(repo.working_tree_dir or ".")
             return {path: (root / path).read_bytes() for path in repo.git.ls_files().splitlines()
                     if (root / path).is_file()}
+
+    # -- reading the repository (the app's projects view) --------------------------------
+
+    def _reading(self, project: str) -> Remote:
+        """The project's repository, if its VM runs now: a read never brings a VM forward
+        (that would swap the user's foreground out from under them)."""
+        row = self._active(project)
+        record = self.svc.store.get_vm(row.vm_name)
+        if self.svc.observe(record).state is not VMState.RUNNING:
+            raise Conflict(f"project '{project}' is not in front: bring its VM forward first "
+                           f"('somnus activate {record.name}')")
+        return self._remote(record)
+
+    def tree(self, project: str) -> browse.RepoTree:
+        return browse.tree(self._reading(project))
+
+    def read_file(self, project: str, path: str) -> browse.FileView:
+        return browse.read_file(self._reading(project), path)
+
+    def log(self, project: str, limit: int = 50) -> list[browse.CommitLine]:
+        kinds = {c.sha: c.kind.value for c in self.store.commits(project)}
+        return browse.log(self._reading(project), limit, kinds)
+
+    def commit(self, project: str, sha: str) -> browse.CommitDiff:
+        return browse.commit(self._reading(project), sha)
 
     def commit_files(self, project: str, files: dict[str, bytes], message: str,
                      progress: Progress | None = None) -> str:

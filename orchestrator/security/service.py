@@ -119,6 +119,13 @@ def security_level(hold: str | None, recent: dict[str, int]) -> SecurityLevel:
     return "warning" if recent.get(Level.WARNING, 0) or recent.get(Level.CRITICAL, 0) else "ok"
 
 
+class SampleView(BaseModel):
+    """One round's metrics of a VM; ``at`` is Unix time."""
+
+    at: float
+    metrics: dict[str, float]
+
+
 class SecurityService:
     """Reads and the user's verbs over the monitor's records."""
 
@@ -168,6 +175,12 @@ class SecurityService:
                 metrics=metrics, recent_events=recent,
                 security_metrics=original_metrics(events)))
         return views
+
+    def samples(self, name: str, limit: int = 60) -> list[SampleView]:
+        """A VM's newest ``limit`` samples, oldest first (the dashboard's charts)."""
+        self.vms.store.get_vm(name)  # NotFound names the VM
+        return [SampleView(at=at, metrics=metrics)
+                for at, metrics in self.store.samples(name, limit)]
 
     def events(self, vm: str | None = None, since: datetime | None = None,
                limit: int = 200) -> list[SecurityEventView]:

@@ -86,6 +86,16 @@ class SecurityStore(SQLiteStore):
                           .order_by(col(SampleRow.id).desc()).limit(limit)).all()
         return [(r.at, json.loads(r.metrics)) for r in reversed(rows)]
 
+    def last_sample_id(self) -> int:
+        with self.session() as s:
+            return int(s.exec(select(func.max(SampleRow.id))).one() or 0)
+
+    def samples_after(self, row_id: int, limit: int = 200) -> list[SampleRow]:
+        """Every VM's samples newer than row ``row_id``, oldest first (a live feed's next)."""
+        with self.session() as s:
+            return list(s.exec(select(SampleRow).where(col(SampleRow.id) > row_id)
+                               .order_by(col(SampleRow.id)).limit(limit)))
+
     def add_event(self, event: EventRow) -> EventRow:
         with self.session() as s:
             s.add(event)

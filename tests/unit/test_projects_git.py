@@ -17,7 +17,7 @@ import pytest
 from git import Repo
 
 from core.config import Settings
-from core.errors import Conflict, GuestError, InvalidInput
+from core.errors import Conflict, GuestError, InvalidInput, NotFound
 from guest_agent.protocol import AgentStatus, HealthResponse, MemoryAddResponse, MemoryCreate
 from orchestrator.agent_client import AgentClient
 from orchestrator.database import open_database
@@ -27,7 +27,7 @@ from orchestrator.devsessions import (
     DevSessionManager,
     DevSessionStore,
 )
-from orchestrator.projects import gitrepo
+from orchestrator.projects import browse, gitrepo
 from orchestrator.projects.memories import repo_memories, session_memories, store
 from orchestrator.projects.remote import (
     RepoState,
@@ -364,3 +364,54 @@ def test_memory_store_retries_once_and_reports_what_failed() -> None:
     assert agent.tries == {"good": 2, "bad": 2}
     assert report.line() == ("1/2 memories stored (1 already there); 1 failed: "
                              "agent at x unreachable: timed out")
+
+
+# -- reading the repository (the app's projects view) ----------------------------------------
+
+def test_browse_reads_the_tree_a_file_the_log_and_a_commits_diff(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "src").mkdir()
+    (repo / "src" / "app.py").write_text("print('one')\n")
+    (repo / "logo.bin").write_bytes(b"\x89PNG\x00\x01\x02")
+    git(repo, "add", ".")
+    git(repo, "-c", "user.name=Ada", "-c", "user.email=a@x", "commit", "-qm", "first: the app")
+    (repo / "src" / "app.py").write_text("print('two')\n")
+    git(repo, "-c", "user.name=Ada", "-c", "user.email=a@x", "commit", "-qam",
+        "second \u2014 with a dash")
+    remote = LocalRemote(str(repo))
+    head = git(repo, "rev-parse", "HEAD").strip()
+
+    listing = browse.tree(remote)
+    assert (listing.branch, listing.head) == ("main", head)
+    assert {(f.path, f.size) for f in listing.files} == {("src/app.py", 13), ("logo.bin", 7)}
+    text = browse.read_file(remote, "src/app.py")
+    assert (text.text, text.binary, text.size) == ("print('two')\n", False, 13)
+    binary = browse.read_file(remote, "logo.bin")
+    assert binary.binary and binary.text is None
+    log = browse.log(remote, 10, {head: "ai"})
+    assert [(c.subject, c.author, c.kind) for c in log] == [
+        ("second \u2014 with a dash", "Ada", "ai"), ("first: the app", "Ada", None)]
+    diff = browse.commit(remote, head[:8])
+    assert diff.sha == head and diff.subject == "second \u2014 with a dash"
+    assert "-print('one')" in diff.diff and "+print('two')" in diff.diff
+    with pytest.raises(NotFound, match=r"no file 'missing\.py'"):
+        browse.read_file(remote, "missing.py")
+    for bad in ("../etc/passwd", "/etc/passwd", "-n"):
+        with pytest.raises(InvalidInput):
+            browse.read_file(remote, bad)
+    with pytest.raises(InvalidInput):
+        browse.commit(remote, "HEAD; rm -rf /")
+    with pytest.raises(NotFound):
+        browse.commit(remote, "0" * 40)
+
+
+def test_browse_an_empty_repository(tmp_path: Path) -> None:
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    remote = LocalRemote(str(repo))
+    listing = browse.tree(remote)
+    assert (listing.branch, listing.head, listing.files) == ("main", None, [])
+    assert browse.log(remote, 10, {}) == []

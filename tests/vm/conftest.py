@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.chrome.webdriver import WebDriver
 
 from core.config import Settings
 from guest_agent.protocol import Subsystem
@@ -109,3 +114,50 @@ def host_log(settings: Settings) -> Iterator[None]:
     yield
     if path.exists():
         print(f"--- {path} ---\n" + path.read_text()[-20000:])
+
+
+@dataclass(frozen=True)
+class AppServer:
+    """A real ``somnus serve`` app (live libvirt events), in a thread of this process."""
+
+    base: str
+    token: str
+
+
+@pytest.fixture(scope="module")
+def app_server(settings: Settings, image: ImageManifest) -> Iterator[AppServer]:
+    """The web app and API over the session's home, as ``somnus serve`` runs them (the
+    security monitor off: its policy would act on the tests' busy TCG guests). Per module:
+    while it runs it also serves the research VM's fetch queue, which some research tests
+    need unserved."""
+    import uvicorn
+
+    from api import create_app
+    from api.auth import ensure_token
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(settings, api_host="127.0.0.1", live=True), host="127.0.0.1", port=port,
+        log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield AppServer(f"http://127.0.0.1:{port}", ensure_token(settings))
+    server.should_exit = True
+    thread.join(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def app_page(app_server: AppServer) -> Iterator[WebDriver]:
+    """A headless chromium logged in to the module's app. When the module ends, no request
+    may have left loopback and the console must hold no error."""
+    from tests.browser import chromium, console_errors, log_in, off_loopback, requested_urls
+
+    with chromium() as driver:
+        log_in(driver, app_server.base, app_server.token)
+        yield driver
+        assert off_loopback(requested_urls(driver)) == []
+        assert console_errors(driver) == []

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
 
 from core.config import Settings
 from core.errors import Conflict, NotFound
@@ -38,8 +40,10 @@ from orchestrator.artifacts.tables import ArtifactKind
 from orchestrator.host import Host
 from orchestrator.models import VMState
 from orchestrator.swap import Tier
+from tests.browser import screenshot as save_view
+from tests.browser import visible, wait_for
 from tests.vm.cli import somnus
-from tests.vm.conftest import VM_NAME
+from tests.vm.conftest import VM_NAME, AppServer
 
 pytestmark = pytest.mark.vm
 
@@ -408,3 +412,61 @@ def test_the_dashboard_exported_as_one_page_draws_the_same_chart_from_disk(
     page = artifacts.export("sales", ExportFormat.HTML, tmp_path / "sales.html")
     heights = bar_heights(screenshot(page.as_uri(), tmp_path / "offline.png"))
     assert len(heights) == 3 and abs(heights[0] / heights[1] - 3 / 7) < 0.05
+
+
+TICKS = "import time\nfor i in range(4):\n    print(f'tick {i}', flush=True)\n    time.sleep(1.5)\n"
+OVERLAY_PAGE = "<!doctype html><title>Overlay</title><h1 id='hello'>An artifact page</h1>\n"
+
+
+def test_the_app_switches_vms_streams_a_run_and_overlays_a_web_artifact(
+    artifacts: ArtifactService, host: Host, booted_vm: str, app_page: WebDriver,
+    app_server: AppServer
+) -> None:
+    host.swap.activate(booted_vm)
+    artifacts.create("app-ticks", Language.PYTHON, [SourceFile(path="main.py", content=TICKS)])
+    artifacts.create("app-page", Language.HTML,
+                     [SourceFile(path="index.html", content=OVERLAY_PAGE)])
+    page = app_page
+    budget = page.find_element(By.ID, "budget-bar")
+    before = wait_for(page, lambda d: budget.get_attribute("aria-valuenow"), 30,
+                      "the budget bar")
+    # The switcher brings the artifacts VM forward and shows the swap as it happens.
+    page.find_element(By.CSS_SELECTOR, '#switcher a[data-view="artifacts"]').click()
+    done = wait_for(page, lambda d: "artifacts in front" in (
+        text := d.find_element(By.ID, "swap-status").text) and text, 120, "the swap")
+    assert "swapped in" in done
+    assert host.store.foreground() == ART_VM
+    wait_for(page, lambda d: budget.get_attribute("aria-valuenow") != before, 30,
+             "the budget bar to move")
+    save_view(page, "vm-artifacts-swapped")
+    # A run's output streams into the page while the program still runs.
+    page.get(app_server.base + "/#/artifacts/app-ticks")
+    visible(page, "#artifact-run").click()
+    output = page.find_element(By.ID, "artifact-output")
+    wait_for(page, lambda d: "tick 0" in output.text, 120, "the first line")
+    assert "tick 3" not in output.text
+    wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR,
+                                             "#artifact-result [data-outcome]"), 120,
+             "the result")
+    result = page.find_element(By.ID, "artifact-result").text
+    assert "tick 3" in output.text and "Exit code\n0" in result, result
+    save_view(page, "vm-artifact-run")
+    # Back to chat; a web artifact opens over the page while the chat VM keeps running.
+    page.find_element(By.CSS_SELECTOR, '#switcher a[data-view="chat"]').click()
+    wait_for(page, lambda d: f"{booted_vm} in front" in d.find_element(
+        By.ID, "swap-status").text, 120, "the chat VM back in front")
+    page.get(app_server.base + "/#/artifacts/app-page")
+    visible(page, "#artifact-open").click()
+    visible(page, "#overlay")
+    page.switch_to.frame(page.find_element(By.ID, "overlay-frame"))
+    wait_for(page, lambda d: d.find_elements(By.ID, "hello"), 60, "the artifact's page")
+    assert page.find_element(By.ID, "hello").text == "An artifact page"
+    page.switch_to.default_content()
+    assert host.store.foreground() == booted_vm
+    chat = host.store.get_vm(booted_vm)
+    assert host.vms.lifecycle.current(chat) is VMState.RUNNING
+    save_view(page, "vm-artifact-overlay")
+    page.find_element(By.ID, "overlay-close").click()
+    wait_for(page, lambda d: not d.find_element(By.ID, "overlay").is_displayed(), 10,
+             "the overlay to close")
+    assert visible(page, "#artifact-open").is_displayed()  # back on the view it covered

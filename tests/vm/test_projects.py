@@ -15,6 +15,8 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
 
 from core.config import Settings
 from guest_agent.protocol import MemoryRecord, MemoryType
@@ -22,6 +24,9 @@ from images.catalog import ImageManifest
 from orchestrator.host import Host
 from orchestrator.projects import REPO_DIR
 from orchestrator.vms import VMService
+from tests.browser import screenshot as save_view
+from tests.browser import visible, wait_for
+from tests.vm.conftest import AppServer
 from tests.vm.test_chat import somnus
 
 pytestmark = pytest.mark.vm
@@ -162,6 +167,31 @@ def test_plain_ssh_with_the_generated_config(project: dict[str, object], vm_env:
                             f"somnus-{PROJECT}", "git", "-C", REPO_DIR, "log", "-1",
                             "--format=%s"], capture_output=True, text=True, timeout=120)
     assert plain.returncode == 0 and plain.stdout.strip() == "mine", plain.stderr
+
+
+def test_the_app_browses_the_repository_in_the_vm(
+        project: dict[str, object], host: Host, service: VMService,
+        app_page: WebDriver, app_server: AppServer) -> None:
+    host.swap.activate(PROJECT)  # the view reads the repository only with its VM in front
+    ai_commit = git_in_vm(service, "log", "-1", "--skip=1", "--format=%H").strip()
+    page = app_page
+    page.get(f"{app_server.base}/#/projects/{PROJECT}")
+    ssh_line = visible(page, "#project-ssh").get_attribute("value")
+    assert ssh_line.startswith("ssh -t ") and f"cd {REPO_DIR}" in ssh_line
+    wait_for(page, lambda d: d.find_elements(
+        By.CSS_SELECTOR, "#project-tree button[data-path='count.py']"), 120, "the tree")
+    paths = {b.get_attribute("data-path") for b in
+             page.find_elements(By.CSS_SELECTOR, "#project-tree button[data-path]")}
+    assert {"README.md", "tally.py", "count.py", "report.py", "mine.txt"} <= paths
+    page.find_element(By.CSS_SELECTOR, "#project-tree button[data-path='README.md']").click()
+    wait_for(page, lambda d: "marmots on the Zugspitze" in d.find_element(
+        By.ID, "project-file").text, 60, "the file at HEAD")
+    commit = visible(page, f"#project-log button[data-sha='{ai_commit}']")
+    assert "Roll back count.py" in commit.text
+    commit.click()
+    wait_for(page, lambda d: "+++ b/count.py" in d.find_element(By.ID, "project-diff").text,
+             60, "the commit's diff")
+    save_view(page, "vm-project")
 
 
 def test_archive_compacts_and_restore_boots_with_the_repo_intact(

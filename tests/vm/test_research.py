@@ -26,6 +26,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from core.config import Settings
 from core.errors import InvalidInput
@@ -44,9 +47,11 @@ from images.builder import build_image
 from images.recipe import Flavour
 from orchestrator.host import Host
 from orchestrator.research.service import ResearchService
+from tests.browser import screenshot as save_view
+from tests.browser import visible, wait_for
 from tests.documents import tiny_pdf
 from tests.vm.cli import somnus
-from tests.vm.conftest import VM_NAME
+from tests.vm.conftest import VM_NAME, AppServer
 
 pytestmark = pytest.mark.vm
 
@@ -243,3 +248,37 @@ def test_the_cli_exports_the_report_as_html(research: ResearchService,
     assert 'id="src-1"' in html and "<blockquote>" in html
     listed = somnus(vm_env, "research", "list", "--json")
     assert run.run_id in {r["run_id"] for r in json.loads(listed.stdout)["runs"]}
+
+
+def test_the_app_shows_a_runs_progress_and_opens_its_citations(
+        research: ResearchService, app_page: WebDriver, app_server: AppServer) -> None:
+    page = app_page
+    page.get(app_server.base + "/#/research")
+    visible(page, "#research-question").send_keys(
+        "Which tools are Python's documents written and built with?")
+    Select(page.find_element(By.ID, "research-mode")).select_by_value("quick")
+    page.find_element(By.CSS_SELECTOR, "#research-budgets summary").click()
+    visible(page, "#research-max-calls").send_keys("0")  # the stages' fallbacks: fast
+    page.find_element(By.ID, "research-start").click()
+    seen: list[str] = []
+
+    def progressed(d: WebDriver) -> bool:
+        lines = d.find_elements(By.ID, "research-progress")
+        if lines and lines[0].text not in seen:
+            seen.append(lines[0].text)
+        return bool(d.find_elements(By.CSS_SELECTOR, "#research-report button.cite"))
+    wait_for(page, progressed, 600, "the report")
+    done = [li.get_attribute("data-stage") for li in
+            page.find_elements(By.CSS_SELECTOR, "#research-stages li.done")]
+    assert {"brief", "search", "notes", "report"} <= set(done), done
+    assert len(seen) >= 3, seen  # the progress line moved while the run ran
+    cite = page.find_element(By.CSS_SELECTOR, "#research-report button.cite")
+    cite.click()
+    panel = page.find_element(By.ID, cite.get_attribute("aria-controls"))
+    quote = panel.find_element(By.CSS_SELECTOR, "blockquote").text
+    assert quote and cite.get_attribute("aria-expanded") == "true"
+    run_id = page.current_url.rsplit("/", 1)[1]
+    report = research.report(run_id)
+    quotes = {c.quote for s in report.sections for cl in s.claims for c in cl.citations}
+    assert " ".join(quote.split()) in {" ".join(q.split()) for q in quotes}
+    save_view(page, "vm-research-report")
