@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webelement import WebElement
@@ -55,7 +55,10 @@ def wait_for(driver: webdriver.Chrome, condition: Callable[[webdriver.Chrome], T
              timeout_s: float = 30, what: str = "") -> T:
     """``condition``'s first truthy value; fails naming ``what`` after ``timeout_s``."""
     try:
-        return WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(condition)
+        # A live page re-renders under the test: an element found a moment ago may be gone.
+        return WebDriverWait(driver, timeout_s, poll_frequency=0.1,
+                             ignored_exceptions=[StaleElementReferenceException]
+                             ).until(condition)
     except TimeoutException:
         raise AssertionError(f"not within {timeout_s} s: {what}") from None
 

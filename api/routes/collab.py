@@ -182,8 +182,11 @@ def _run_in_background(ctx: ApiContext, kind: str, collab_id: str, resume: bool
     op = ctx.ops.start(kind, collab_id, work)
     taken.wait(TAKE_WAIT_S)
     view = svc.show(collab_id)
-    if view.status is CollabStatus.PAUSED and not op.done:  # slow to start, yet running
-        view = view.model_copy(update={"status": CollabStatus.ACTIVE})
+    if view.status is CollabStatus.PAUSED:
+        # Read as active, then the lock found free: the run had not taken it yet (slow to
+        # start, yet running), or it ended in between, and then a second read shows how.
+        view = (svc.show(collab_id) if op.done
+                else view.model_copy(update={"status": CollabStatus.ACTIVE}))
     return view
 
 

@@ -46,8 +46,9 @@ def test_a_turn_in_the_vm_streams_and_is_kept_in_memory(booted_vm: str, service:
     assert layers == sorted(layers, key=order.index) and layers[-1] == "user_input"
     agent = service.agent(service.store.get_vm(booted_vm))
     turns = agent.memory_list(memory_type=MemoryType.CONVERSATION).memories
-    assert [t.conversation_id for t in turns] == [conversation.conversation_id]
-    assert "teal" in turns[0].content
+    # Earlier modules talked to this VM too (the app's chat test): this conversation's turn.
+    mine = [t for t in turns if t.conversation_id == conversation.conversation_id]
+    assert len(mine) == 1 and "teal" in mine[0].content
 
 
 def test_a_tcg_guest_runs_the_emulation_build(booted_vm: str, service: VMService) -> None:
