@@ -84,6 +84,15 @@ def log_in(driver: webdriver.Chrome, base: str, token: str) -> None:
              "the login form to go away")
 
 
+def refused_login(driver: webdriver.Chrome, base: str) -> str:
+    """Try a wrong token in the login form; the error the page shows."""
+    driver.get(base + "/")
+    visible(driver, "#login-token").send_keys("not-the-token\n")
+    error: str = wait_for(driver, lambda d: d.find_element(By.ID, "login-error").text, 10,
+                          "the wrong token to be refused")
+    return error
+
+
 def requested_urls(driver: webdriver.Chrome) -> list[str]:
     """Every URL the browser asked for since the last call (the performance log is read
     once: each call returns only what is new)."""
