@@ -20,6 +20,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from starlette.requests import cookie_parser
+
 COOKIE = "somnus_session"
 CSRF_HEADER = "x-csrf-token"
 SESSION_TTL_S = 12 * 3600.0
@@ -114,9 +116,5 @@ def cookie_header(session: WebSession | None, secure: bool) -> str:
 
 
 def cookie_value(cookie_header_value: str | None) -> str | None:
-    """The session id in a ``Cookie`` request header."""
-    for part in (cookie_header_value or "").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name == COOKIE and value:
-            return value
-    return None
+    """The session id in a ``Cookie`` request header (parsed as Starlette parses it)."""
+    return cookie_parser(cookie_header_value or "").get(COOKIE) or None
