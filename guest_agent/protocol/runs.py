@@ -196,7 +196,8 @@ class RunEventKind(StrEnum):
 
 class RunEvent(BaseModel):
     kind: RunEventKind
-    data: str | None = None
+    data: str | None = Field(default=None, description="stdout/stderr: the text; started: "
+                             "the run's id (its log: GET /artifacts/runs/{id})")
     phase: RunPhase | None = None
     result: RunResult | None = None
 

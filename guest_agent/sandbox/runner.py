@@ -134,7 +134,7 @@ class Sandbox:
 
     def _events(self, request: RunRequest, folder: RunFolder) -> Iterator[RunEvent]:
         try:
-            yield RunEvent(kind=RunEventKind.STARTED)
+            yield RunEvent(kind=RunEventKind.STARTED, data=request.run_id)
             toolchain = TOOLCHAINS[request.language]
             before = _digests(folder.work)
             result = yield from self._compile_and_run(request, toolchain, folder)

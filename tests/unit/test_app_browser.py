@@ -1,6 +1,7 @@
 """The app in a real headless chromium against a real server, over libvirt's test driver
 and stand-in agents (no QEMU): login, every view, streaming chat, the subsystem
-switcher, confirmation before destructive actions, and no request off the machine.
+switcher, an artifact run and its produced file, confirmation before destructive actions,
+and no request off the machine.
 The same page against real VMs: ``tests/vm/test_app.py``.
 """
 
@@ -22,6 +23,7 @@ from api import create_app
 from api.auth import ensure_token
 from core.config import Settings
 from guest_agent.protocol import ChatCompletionChunk, ChatCompletionRequest, Subsystem
+from guest_agent.protocol.runs import Language, SourceFile
 from images.catalog import ImageManifest
 from orchestrator.host import Host
 from tests.browser import (
@@ -192,3 +194,20 @@ def test_delete_asks_first_and_cancel_deletes_nothing(page: WebDriver, served: S
     wait_for(page, lambda d: not d.find_elements(By.CSS_SELECTOR,
                                                  "#vm-table tr[data-vm='artifacts']"),
              20, "the row to go")
+
+
+def test_a_run_from_the_page_links_its_produced_file_by_the_run_id_it_streamed(
+        page: WebDriver, served: Served) -> None:
+    code = "import sys\nopen('out.txt', 'w').write(sys.stdin.read())\n"
+    served.host.artifacts.create("job", Language.PYTHON,
+                                 [SourceFile(path="main.py", content=code)])
+    page.get(f"{served.base}/#/artifacts/job")
+    visible(page, "#artifact-stdin").send_keys("typed into the page")
+    visible(page, "#artifact-run").click()
+    (link,) = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#artifact-files a"), 60,
+                       "the produced file's link")
+    (run,) = served.host.artifacts.store.runs("job")
+    href = link.get_attribute("href")
+    assert href == f"{served.base}/artifacts/runs/{run.id}/file?path=out.txt"
+    assert js(page, "return fetch(arguments[0]).then((r) => r.text())", href) == (
+        "typed into the page")

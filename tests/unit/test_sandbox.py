@@ -47,7 +47,7 @@ def _request(code: str, run_id: str = "r1", **limits: object) -> RunRequest:
 
 def _run(sandbox: Sandbox, request: RunRequest) -> tuple[list[tuple[str, str]], RunResult]:
     events = list(sandbox.start(request))
-    assert events[0].kind is RunEventKind.STARTED
+    assert events[0].kind is RunEventKind.STARTED and events[0].data == request.run_id
     assert events[-1].kind is RunEventKind.RESULT and events[-1].result is not None
     output = [(e.kind.value, e.data or "") for e in events
               if e.kind in (RunEventKind.STDOUT, RunEventKind.STDERR)]

@@ -100,20 +100,19 @@ export default {
         running = new AbortController();
         runButton.disabled = true; stopButton.disabled = false;
         fill(output); fill(resultBox, el("p.hint", {}, "Running…"));
-        let result = null;
+        let result = null, runId = null;
         await attempt(() => postStream(`${path}/runs`, { version: Number(version.value), stdin: stdin.value,
           args: args.value.trim() ? args.value.trim().split(/\s+/) : [] }, (event, data) => {
           if (event === "error") notify(`${data.error}: ${data.detail}`, { error: true });
+          else if (data?.kind === "started") runId = data.data;
           else if (data) result = take(data) || result;
         }, { signal: running.signal }));
         const stopped = running.signal.aborted;
         running = null;
         runButton.disabled = false; stopButton.disabled = true;
         if (current !== name) return;
-        // The stream does not carry the run's id: it is the newest of the artifact's runs.
-        const runs = await loadRuns();
-        const last = runs?.at(-1);
-        fill(resultBox, result ? resultView(result, last?.id) : el("p.hint", {}, stopped ? "Stopped following the run." : "The run ended without a result."));
+        loadRuns();
+        fill(resultBox, result ? resultView(result, runId) : el("p.hint", {}, stopped ? "Stopped following the run." : "The run ended without a result."));
       };
 
       fill(root, back, el("h1", {}, name),
