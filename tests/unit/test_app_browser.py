@@ -25,6 +25,7 @@ from core.config import Settings
 from guest_agent.protocol import ChatCompletionChunk, ChatCompletionRequest, Subsystem
 from guest_agent.protocol.runs import Language, SourceFile
 from images.catalog import ImageManifest
+from orchestrator.artifacts.tables import ArtifactRunRow
 from orchestrator.host import Host
 from tests.browser import (
     chromium,
@@ -198,16 +199,23 @@ def test_delete_asks_first_and_cancel_deletes_nothing(page: WebDriver, served: S
 
 def test_a_run_from_the_page_links_its_produced_file_by_the_run_id_it_streamed(
         page: WebDriver, served: Served) -> None:
-    code = "import sys\nopen('out.txt', 'w').write(sys.stdin.read())\n"
+    code = ("import sys, time\ntext = sys.stdin.read()\nprint('started', flush=True)\n"
+            "time.sleep(1)\nopen('out.txt', 'w').write(text)\n")
     served.host.artifacts.create("job", Language.PYTHON,
                                  [SourceFile(path="main.py", content=code)])
     page.get(f"{served.base}/#/artifacts/job")
     visible(page, "#artifact-stdin").send_keys("typed into the page")
     visible(page, "#artifact-run").click()
+    wait_for(page, lambda d: "started" in d.find_element(By.ID, "artifact-output").text, 60,
+             "the run's first line")
+    # Another client's run of the same artifact starts meanwhile: it is the newest run.
+    store = served.host.artifacts.store
+    store.save_run(ArtifactRunRow(id="someone-else", artifact="job", version=1,
+                                  vm_name="artifacts"))
     (link,) = wait_for(page, lambda d: d.find_elements(By.CSS_SELECTOR, "#artifact-files a"), 60,
                        "the produced file's link")
-    (run,) = served.host.artifacts.store.runs("job")
+    (mine,) = [run for run in store.runs("job") if run.id != "someone-else"]
     href = link.get_attribute("href")
-    assert href == f"{served.base}/artifacts/runs/{run.id}/file?path=out.txt"
+    assert href == f"{served.base}/artifacts/runs/{mine.id}/file?path=out.txt"
     assert js(page, "return fetch(arguments[0]).then((r) => r.text())", href) == (
         "typed into the page")
